@@ -1,0 +1,131 @@
+"""Starting, retrying and cancelling jobs: the client side of the ledger.
+
+The coordinator never holds a job's pages in memory or in the queue: it creates
+the job in the ledger, which hands back the first window of pages to enqueue;
+from then on each resolved page claims the next ones (see ``lua/_prelude.lua``).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import structlog
+
+from . import pagination
+from .errors import HarvesterError, JobSpecError, OutputDirError
+from .finalizer import read_manifest
+from .job import JobSpec
+from .ledger import FINAL_STATES, Ledger
+from .runner import Dispatcher
+from .settings import Settings
+
+log = structlog.get_logger("harvester.coordinator")
+
+
+def new_job_id(spec: JobSpec) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{spec.name}-{stamp}-{secrets.token_hex(3)}"
+
+
+def check_supported(spec: JobSpec, path: str) -> None:
+    """Refuse, before enqueueing, what this version cannot harvest yet."""
+    if not pagination.is_fan_out(spec):
+        raise JobSpecError(f"style {spec.pagination.style!r} is not supported by this version yet"
+                           " (supported: page, offset)", path=path, key="pagination.style")
+    if pagination.known_total(spec) is None and pagination.total_path(spec) is None:
+        raise JobSpecError("this version needs the page count up front: set pages/total or"
+                           " total_pages_path/total_path", path=path, key="pagination")
+    if spec.output.mode != "pages":
+        raise JobSpecError("mode 'records' is not supported by this version yet",
+                           path=path, key="output.mode")
+
+
+def prepare_output_dir(spec: JobSpec) -> Path:
+    """Create the output dir and make sure it is writable and holds no other job."""
+    out_dir = Path(spec.output.dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise JobSpecError(f"output dir {out_dir} is not writable: {exc.strerror or exc}",
+                           key="output.dir") from None
+    manifest = read_manifest(out_dir)
+    if manifest is not None:
+        raise OutputDirError(f"already holds job {manifest.get('job_id')}; choose another"
+                             " output.dir or remove it", path=str(out_dir))
+    return out_dir
+
+
+def submit(spec: JobSpec, ledger: Ledger, dispatcher: Dispatcher, settings: Settings, *,
+           local: bool = False, job_path: str = "<job>") -> str:
+    check_supported(spec, job_path)
+    prepare_output_dir(spec)
+    job_id = new_job_id(spec)
+    total = pagination.known_total(spec)
+    open_ended = total is None
+    pages = ledger.create_job(job_id, spec, total=total or 1, open_ended=open_ended,
+                              window=settings.window, local=local)
+    for page in pages:
+        dispatcher.send_page(job_id, page)
+    log.info("job.submitted", job_id=job_id, total=total, first_pages=len(pages))
+    return job_id
+
+
+def retry(job_id: str, ledger: Ledger, dispatcher: Dispatcher) -> int:
+    """Run again the pages that failed or never finished; returns how many are queued."""
+    state = ledger.state(job_id)
+    if state.state not in FINAL_STATES:
+        raise HarvesterError(f"job {job_id} is still {state.state}; wait for it or cancel it")
+    spec = ledger.spec(job_id)
+    reopen = pagination.total_path(spec) is not None and not ledger.is_committed(job_id, 1)
+    result = ledger.reopen(job_id, open_ended=reopen)
+    if result != "running":
+        raise HarvesterError(f"job {job_id} could not be reopened (state {result})")
+    pages = ledger.fill(job_id)
+    for page in pages:
+        dispatcher.send_page(job_id, page)
+    if not pages:
+        # Nothing left to fetch (e.g. every page was committed before a cancel):
+        # let the finalizer seal what is there.
+        _finalize_now(job_id, ledger, dispatcher)
+    log.info("job.retried", job_id=job_id, queued=len(pages))
+    return len(pages)
+
+
+def _finalize_now(job_id: str, ledger: Ledger, dispatcher: Dispatcher) -> None:
+    state = ledger.state(job_id)
+    if state.pending == 0 and not state.open:
+        ledger.redis.hset(f"{ledger.prefix(job_id)}:job", "state", "finalizing")
+        dispatcher.send_finalize(job_id)
+
+
+def cancel(job_id: str, ledger: Ledger, dispatcher: Dispatcher) -> str:
+    result = ledger.cancel(job_id)
+    if result == "cancelled":
+        dispatcher.send_finalize(job_id)
+    return result
+
+
+def redis_url_for_display(url: str) -> str:
+    """The broker URL without its password, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (
+            f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    return url
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

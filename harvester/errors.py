@@ -1,0 +1,136 @@
+"""The one exception tree of the harvester.
+
+Every error the library raises derives from :class:`HarvesterError`, and each
+carries the context a person needs to act on it::
+
+    HarvesterError
+    ├── JobSpecError            a job file is invalid (names the file and key); exit 2
+    ├── JobNotFound             no job with that id in the ledger
+    ├── OutputDirError          the output dir is unusable or holds another job
+    ├── BrokerUnavailable       Redis does not answer (suggests --local)
+    ├── LocalClusterError       --local could not start redis-server or workers
+    ├── StorageError            a shard or segment could not be written or read
+    ├── VerifyError             an output dir does not match its manifest
+    └── PageError               one page could not be harvested (has .retryable)
+        ├── TransportError      connect/DNS/TLS failure, or retries exhausted
+        ├── HTTPStatusError     a non-2xx status after urllib3's retries
+        ├── BodyError           the body arrived but cannot be committed
+        │   ├── TruncatedBody   reset, short read, cut stream or gzip member
+        │   ├── InvalidJSON     not complete, valid JSON (HTML error pages too)
+        │   └── DeadlineExceeded  stalled past timeout_read or over page_deadline
+        ├── MissingSecretError  a ${VAR} the worker's environment lacks
+        └── PaginationError     a pagination rule failed (e.g. total missing)
+
+Dependencies' exceptions (requests, urllib3, redis, OSError) are translated
+into these at the module that touches them, so callers never see them.
+"""
+
+from __future__ import annotations
+
+
+class HarvesterError(Exception):
+    """Root of every error raised by the harvester."""
+
+
+class JobSpecError(HarvesterError):
+    """A job file that cannot be run; the message names the file and the key."""
+
+    def __init__(self, message: str, *, path: str | None = None, key: str | None = None):
+        self.path = path
+        self.key = key
+        where = ": ".join(part for part in (path, key) if part)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class JobNotFound(HarvesterError):
+    def __init__(self, job_id: str):
+        self.job_id = job_id
+        super().__init__(f"no job {job_id!r} in this Redis (is HARVEST_REDIS_URL the one the job ran on?"
+                         " for a --local job, pass --local)")
+
+
+class OutputDirError(HarvesterError):
+    def __init__(self, message: str, *, path: str):
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
+class BrokerUnavailable(HarvesterError):
+    def __init__(self, url: str, reason: str):
+        self.url = url
+        super().__init__(
+            f"no Redis answers at {url} ({reason}). Start one, point HARVEST_REDIS_URL at it,"
+            " or run with --local to use a private one."
+        )
+
+
+class LocalClusterError(HarvesterError):
+    """The private redis-server or worker processes of --local failed."""
+
+
+class StorageError(HarvesterError):
+    def __init__(self, message: str, *, path: str | None = None):
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class VerifyError(HarvesterError):
+    """An output directory does not match its manifest; .problems lists each."""
+
+    def __init__(self, directory: str, problems: list[str]):
+        self.directory = directory
+        self.problems = problems
+        super().__init__(f"{directory}: " + "; ".join(problems))
+
+
+class PageError(HarvesterError):
+    """One page failed. ``retryable`` tells the page loop whether to try again."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, url: str | None = None, status: int | None = None,
+                 attempts: int = 0):
+        self.url = url
+        self.status = status
+        self.attempts = attempts
+        super().__init__(message)
+
+    @property
+    def reason(self) -> str:
+        """What `_failed.jsonl` records as the last status or error class."""
+        return str(self.status) if self.status is not None else type(self).__name__
+
+
+class TransportError(PageError):
+    """No usable response: connect, DNS or TLS failure, or urllib3 gave up."""
+
+    # urllib3 already spent the [http] retries on these.
+    retryable = False
+
+
+class HTTPStatusError(PageError):
+    retryable = False
+
+
+class BodyError(PageError):
+    """The response started but its body cannot be committed."""
+
+
+class TruncatedBody(BodyError):
+    pass
+
+
+class InvalidJSON(BodyError):
+    pass
+
+
+class DeadlineExceeded(BodyError):
+    pass
+
+
+class MissingSecretError(PageError):
+    retryable = False
+
+
+class PaginationError(PageError):
+    retryable = False

@@ -1,0 +1,149 @@
+"""The HTTP edge: a persistent retrying Session and a streamed body.
+
+This is the only module that talks HTTP. It turns requests' and urllib3's
+exceptions into :mod:`harvester.errors` ones, with any resolved secret
+redacted from their messages.
+
+urllib3's ``Retry`` handles what happens *before* a response is returned
+(connect errors, retryable statuses, Retry-After). Errors inside the body are
+never retried there: :func:`read_body` raises them and the page loop decides.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import (DecodeError, IncompleteRead, ProtocolError, ReadTimeoutError,
+                                SSLError)
+from urllib3.util.retry import Retry
+
+from .errors import (DeadlineExceeded, HTTPStatusError, PageError, TransportError,
+                     TruncatedBody)
+from .job import HttpSpec
+from .pagination import PageRequest
+from .secrets import redact
+
+CHUNK_BYTES = 1 << 20
+USER_AGENT = "harvester/0.1 (+https://github.com/harvester)"
+
+
+def build_session(http: HttpSpec, pool_size: int = 4) -> requests.Session:
+    """A Session whose adapter retries connects and ``retry_statuses`` per ``[http]``."""
+    retry = Retry(
+        total=http.retries,
+        connect=http.retries,
+        read=http.retries,
+        status=http.retries,
+        other=0,
+        backoff_factor=http.backoff_factor,
+        backoff_max=http.backoff_max,
+        status_forcelist=http.retry_statuses,
+        allowed_methods=None,  # POST pages are idempotent reads: retry them too.
+        respect_retry_after_header=True,
+        raise_on_status=False,  # hand back the last response so its status is reported
+    )
+    adapter = HTTPAdapter(max_retries=retry, pool_connections=pool_size, pool_maxsize=pool_size)
+    session = requests.Session()
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers["User-Agent"] = USER_AGENT
+    return session
+
+
+def display_url(request: PageRequest) -> str:
+    """The request's URL with its query, ``${...}`` templates left readable."""
+    if not request.params:
+        return request.url
+    parts = urlsplit(request.url)
+    query = urlencode(request.params, safe="${}")
+    query = f"{parts.query}&{query}" if parts.query else query
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    attempts: int  # requests sent for this page by urllib3, including its retries
+    headers: Any
+    raw: Any
+
+
+@contextmanager
+def open_page(session: requests.Session, request: PageRequest, *, headers: dict[str, str],
+              http: HttpSpec, url: str, secrets: list[str]) -> Iterator[Response]:
+    """Send ``request`` (already resolved) and yield its response, unread.
+
+    ``url`` is the display URL used in errors. A non-2xx final status raises
+    :class:`HTTPStatusError` after urllib3 spent its retries.
+    """
+    try:
+        response = session.request(
+            request.method, request.url, params=request.params or None, json=request.json,
+            headers=headers, stream=True, allow_redirects=True,
+            timeout=(http.timeout_connect, http.timeout_read),
+        )
+    except requests.RequestException as exc:
+        raise _transport_error(exc, url, secrets) from None
+    try:
+        history = getattr(response.raw, "retries", None)
+        attempts = 1 + (len(history.history) if history is not None else 0)
+        if not 200 <= response.status_code < 300:
+            raise HTTPStatusError(f"HTTP {response.status_code} {response.reason or ''}".strip(),
+                                  url=url, status=response.status_code, attempts=attempts)
+        yield Response(status=response.status_code, attempts=attempts,
+                       headers=response.headers, raw=response.raw)
+    finally:
+        response.close()
+
+
+def read_body(response: Response, *, deadline: float, http: HttpSpec, url: str,
+              secrets: list[str]) -> Iterator[bytes]:
+    """Yield the decoded body in chunks as they arrive, enforcing the page deadline.
+
+    ``read1`` returns whatever bytes are there (up to 1 MiB), so a slow drip
+    still reaches the deadline check; a silence longer than ``timeout_read``
+    raises from the socket itself.
+    """
+    raw = response.raw
+    while True:
+        try:
+            chunk = raw.read1(CHUNK_BYTES, decode_content=True)
+        except ReadTimeoutError:
+            raise DeadlineExceeded(f"stalled: no byte for {http.timeout_read:g} s (timeout_read)",
+                                   url=url, status=response.status) from None
+        except (IncompleteRead, ProtocolError, SSLError, OSError) as exc:
+            raise TruncatedBody(f"body cut short: {_describe(exc, secrets)}", url=url,
+                                status=response.status) from None
+        except DecodeError as exc:
+            raise TruncatedBody(f"cannot decode {response.headers.get('Content-Encoding')} body:"
+                                f" {_describe(exc, secrets)}", url=url,
+                                status=response.status) from None
+        if not chunk:
+            return
+        if time.monotonic() > deadline:
+            raise DeadlineExceeded(f"page took longer than page_deadline = {http.page_deadline:g} s",
+                                   url=url, status=response.status)
+        yield chunk
+
+
+def _transport_error(exc: requests.RequestException, url: str, secrets: list[str]) -> PageError:
+    kind = {
+        requests.ConnectTimeout: "connect timed out",
+        requests.ReadTimeout: "no response before timeout_read",
+        requests.exceptions.SSLError: "TLS error",
+        requests.exceptions.TooManyRedirects: "too many redirects",
+    }.get(type(exc), "cannot connect")
+    return TransportError(f"{kind}: {_describe(exc, secrets)}", url=url)
+
+
+def _describe(exc: BaseException, secrets: list[str]) -> str:
+    # urllib3 messages embed the request path and query; secrets may be there.
+    text = str(exc) or type(exc).__name__
+    return redact(text, secrets)[:500]

@@ -1,0 +1,339 @@
+"""The job file: TOML in, a validated, immutable :class:`JobSpec` out.
+
+Validation is pure and complete before anything touches Redis: unknown keys,
+wrong types, impossible values and missing keys raise :class:`JobSpecError`
+naming the file and the dotted key. ``${ENV}`` templates are kept verbatim
+(see :mod:`harvester.secrets`).
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from .errors import JobSpecError
+from .secrets import TEMPLATE
+
+JOB_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+STYLES = ("page", "offset", "cursor", "next_url", "link")
+# Styles whose page count is known (or learnt from page 1) and so fan out to all
+# workers at once; the others form a chain where each page names its successor.
+FAN_OUT_STYLES = ("page", "offset")
+
+
+@dataclass(frozen=True)
+class PaginationSpec:
+    style: str
+    param: str = "page"
+    start: int = 1
+    pages: int | None = None
+    total_pages_path: str | None = None
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    limit: int = 100
+    total: int | None = None
+    total_path: str | None = None
+    cursor_param: str = "cursor"
+    cursor_path: str | None = None
+    next_url_path: str | None = None
+    records_path: str | None = None
+    stop_on_empty: bool = False
+    max_pages: int | None = None
+    allow_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HttpSpec:
+    timeout_connect: float = 5.0
+    timeout_read: float = 30.0
+    page_deadline: float = 600.0
+    retries: int = 5
+    backoff_factor: float = 0.5
+    backoff_max: float = 60.0
+    retry_statuses: tuple[int, ...] = (429, 500, 502, 503, 504)
+
+
+@dataclass(frozen=True)
+class LimitsSpec:
+    rate_per_second: float | None = None
+    max_in_flight: int | None = None
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    dir: str
+    mode: str = "pages"
+    records_path: str | None = None
+    compress_level: int = 6
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    name: str
+    url: str
+    pagination: PaginationSpec
+    output: OutputSpec
+    method: str = "GET"
+    params: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    json: Any = None
+    http: HttpSpec = field(default_factory=HttpSpec)
+    limits: LimitsSpec = field(default_factory=LimitsSpec)
+
+    @property
+    def records_path(self) -> str | None:
+        return self.output.records_path or self.pagination.records_path
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, templates verbatim; :meth:`from_dict` inverts it."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "JobSpec":
+        pagination = dict(data["pagination"])
+        pagination["allow_hosts"] = tuple(pagination.get("allow_hosts") or ())
+        http = dict(data["http"])
+        http["retry_statuses"] = tuple(http["retry_statuses"])
+        return cls(
+            name=data["name"], url=data["url"], method=data["method"],
+            params=data["params"], headers=data["headers"], json=data["json"],
+            pagination=PaginationSpec(**pagination), http=HttpSpec(**http),
+            limits=LimitsSpec(**data["limits"]), output=OutputSpec(**data["output"]),
+        )
+
+
+# ---------------------------------------------------------------- validation
+
+Check = Callable[[Any], str | None]  # returns a complaint, or None when fine
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _one_of(*choices: str) -> Check:
+    return lambda value: None if value in choices else f"must be one of {', '.join(choices)}"
+
+
+def _in_range(low: int, high: int) -> Check:
+    return lambda value: None if low <= value <= high else f"must be between {low} and {high}"
+
+
+def _json_path(value: str) -> str | None:
+    parts = value.split(".")
+    return None if all(parts) else "must be a dotted path like 'meta.total_pages'"
+
+
+def _status_list(value: list) -> str | None:
+    if not all(isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in value):
+        return "must list HTTP status codes (100-599)"
+    return None
+
+
+# key -> (types, required, check). Python's bool is an int, so types are checked
+# with _type_ok, which refuses True/False where a number is wanted.
+Schema = dict[str, tuple[tuple[type, ...], bool, Check | None]]
+NUMBER = (int, float)
+
+SECTIONS: dict[str, Schema] = {
+    "job": {
+        "name": ((str,), True, lambda v: None if JOB_NAME.fullmatch(v) else
+                 "must match [a-z0-9][a-z0-9_-]{0,63} (lower case, no '/' or '..')"),
+        "url": ((str,), True, None),
+        "method": ((str,), False, _one_of("GET", "POST")),
+        "params": ((dict,), False, None),
+        "headers": ((dict,), False, None),
+        "json": ((dict, list), False, None),
+    },
+    "pagination": {
+        "style": ((str,), True, _one_of(*STYLES)),
+        "param": ((str,), False, None),
+        "start": ((int,), False, _non_negative),
+        "pages": ((int,), False, _positive),
+        "total_pages_path": ((str,), False, _json_path),
+        "offset_param": ((str,), False, None),
+        "limit_param": ((str,), False, None),
+        "limit": ((int,), False, _positive),
+        "total": ((int,), False, _non_negative),
+        "total_path": ((str,), False, _json_path),
+        "cursor_param": ((str,), False, None),
+        "cursor_path": ((str,), False, _json_path),
+        "next_url_path": ((str,), False, _json_path),
+        "records_path": ((str,), False, _json_path),
+        "stop_on_empty": ((bool,), False, None),
+        "max_pages": ((int,), False, _positive),
+        "allow_hosts": ((list,), False, None),
+    },
+    "http": {
+        "timeout_connect": (NUMBER, False, _positive),
+        "timeout_read": (NUMBER, False, _positive),
+        "page_deadline": (NUMBER, False, _positive),
+        "retries": ((int,), False, _in_range(0, 100)),
+        "backoff_factor": (NUMBER, False, _non_negative),
+        "backoff_max": (NUMBER, False, _non_negative),
+        "retry_statuses": ((list,), False, _status_list),
+    },
+    "limits": {
+        "rate_per_second": (NUMBER, False, _positive),
+        "max_in_flight": ((int,), False, _positive),
+    },
+    "output": {
+        "dir": ((str,), True, lambda v: None if v.strip() else "must not be empty"),
+        "mode": ((str,), False, _one_of("pages", "records")),
+        "records_path": ((str,), False, _json_path),
+        "compress_level": ((int,), False, _in_range(1, 9)),
+    },
+}
+REQUIRED_SECTIONS = ("job", "pagination", "output")
+
+
+def _type_ok(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in types:
+        return False
+    return isinstance(value, types)
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+             dict: "a table", list: "an array"}
+    if types == NUMBER:
+        return "a number"
+    return " or ".join(names[t] for t in types)
+
+
+def _check_section(name: str, table: Any, path: str) -> dict[str, Any]:
+    schema = SECTIONS[name]
+    if not isinstance(table, dict):
+        raise JobSpecError(f"must be a table [{name}]", path=path, key=name)
+    for key in table:
+        if key not in schema:
+            known = ", ".join(sorted(schema))
+            raise JobSpecError(f"unknown key (known keys: {known})", path=path, key=f"{name}.{key}")
+    for key, (types, required, check) in schema.items():
+        dotted = f"{name}.{key}"
+        if key not in table:
+            if required:
+                raise JobSpecError("is required", path=path, key=dotted)
+            continue
+        value = table[key]
+        if not _type_ok(value, types):
+            raise JobSpecError(f"must be {_type_names(types)}, not {type(value).__name__}",
+                               path=path, key=dotted)
+        complaint = check(value) if check else None
+        if complaint:
+            raise JobSpecError(f"{complaint} (got {value!r})", path=path, key=dotted)
+    return dict(table)
+
+
+def _check_url(url: str, path: str, key: str) -> None:
+    # Templates may sit in the URL; check its shape with them filled in.
+    probe = urlsplit(TEMPLATE.sub("x", url))
+    if probe.scheme not in ("http", "https") or not probe.hostname:
+        raise JobSpecError(f"must be an absolute http(s) URL (got {url!r})", path=path, key=key)
+
+
+def _check_string_table(table: dict, path: str, key: str) -> dict[str, str]:
+    for name, value in table.items():
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise JobSpecError(f"must be a string or a number, not {type(value).__name__}",
+                               path=path, key=f"{key}.{name}")
+    return table
+
+
+def _check_pagination(p: dict[str, Any], output: dict[str, Any], path: str) -> None:
+    style = p["style"]
+
+    def need(key: str, why: str) -> None:
+        raise JobSpecError(f"is required for style = {style!r} ({why})", path=path,
+                           key=f"pagination.{key}")
+
+    def forbid_both(a: str, b: str) -> None:
+        if a in p and b in p:
+            raise JobSpecError(f"give either pagination.{a} or pagination.{b}, not both",
+                               path=path, key=f"pagination.{b}")
+
+    if style == "page":
+        forbid_both("pages", "total_pages_path")
+        if "pages" not in p and "total_pages_path" not in p and "max_pages" not in p \
+                and not p.get("stop_on_empty"):
+            need("pages", "or total_pages_path, max_pages, or stop_on_empty")
+    elif style == "offset":
+        forbid_both("total", "total_path")
+        if "total" not in p and "total_path" not in p and "max_pages" not in p \
+                and not p.get("stop_on_empty"):
+            need("total", "or total_path, max_pages, or stop_on_empty")
+    elif style == "cursor" and "cursor_path" not in p:
+        need("cursor_path", "where each response names the next cursor")
+    elif style == "next_url" and "next_url_path" not in p:
+        need("next_url_path", "where each response names the next URL")
+
+    if p.get("stop_on_empty") and not (p.get("records_path") or output.get("records_path")):
+        raise JobSpecError("stop_on_empty needs records_path (in [pagination] or [output])",
+                           path=path, key="pagination.stop_on_empty")
+    if output.get("mode") == "records" and not (output.get("records_path") or p.get("records_path")):
+        raise JobSpecError("is required when output.mode = 'records'", path=path,
+                           key="output.records_path")
+    for host in p.get("allow_hosts", []):
+        if not isinstance(host, str) or not host or "/" in host:
+            raise JobSpecError("must list host names", path=path, key="pagination.allow_hosts")
+
+
+def parse_job(document: dict[str, Any], path: str = "<job>") -> JobSpec:
+    """Validate a parsed TOML document and build the :class:`JobSpec`."""
+    for section in document:
+        if section not in SECTIONS:
+            raise JobSpecError(f"unknown section (known: {', '.join(SECTIONS)})", path=path,
+                               key=section)
+    for section in REQUIRED_SECTIONS:
+        if section not in document:
+            raise JobSpecError(f"section [{section}] is required", path=path, key=section)
+    tables = {name: _check_section(name, document.get(name, {}), path) for name in SECTIONS}
+    job, pagination, output = tables["job"], tables["pagination"], tables["output"]
+
+    _check_url(job["url"], path, "job.url")
+    _check_string_table(job.get("params", {}), path, "job.params")
+    _check_string_table(job.get("headers", {}), path, "job.headers")
+    if "json" in job and job.get("method", "GET") != "POST":
+        raise JobSpecError("is only sent with method = 'POST'", path=path, key="job.json")
+    _check_pagination(pagination, output, path)
+    http = tables["http"]
+    if http.get("backoff_max", 60.0) < http.get("backoff_factor", 0.5):
+        raise JobSpecError("must be at least http.backoff_factor", path=path, key="http.backoff_max")
+
+    pagination["allow_hosts"] = tuple(pagination.get("allow_hosts", ()))
+    http_spec = HttpSpec(**{k: (tuple(v) if k == "retry_statuses" else v) for k, v in http.items()})
+    return JobSpec(
+        name=job["name"], url=job["url"], method=job.get("method", "GET"),
+        params=job.get("params", {}), headers=job.get("headers", {}), json=job.get("json"),
+        pagination=PaginationSpec(**pagination), http=http_spec,
+        limits=LimitsSpec(**tables["limits"]), output=OutputSpec(**output),
+    )
+
+
+def load_job(path: str | Path, base_dir: str | Path | None = None) -> JobSpec:
+    """Read, validate and return the job at ``path``.
+
+    ``output.dir`` is made absolute against ``base_dir`` (default: the current
+    directory, as a user running ``harvest run`` from a shell expects).
+    """
+    path = Path(path)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise JobSpecError("no such job file", path=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobSpecError(f"cannot read job file: {exc}", path=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise JobSpecError(f"not valid TOML: {exc}", path=str(path)) from None
+    spec = parse_job(document, str(path))
+    out_dir = Path(base_dir or Path.cwd()) / spec.output.dir
+    output = OutputSpec(**{**asdict(spec.output), "dir": str(out_dir.resolve())})
+    return JobSpec(**{**{f: getattr(spec, f) for f in spec.__dataclass_fields__}, "output": output})

@@ -1,0 +1,327 @@
+"""The job ledger in Redis: per-page state, the queue window and the commit point.
+
+Keys of job ``J`` (the ``{J}`` hash tag keeps them in one cluster slot)::
+
+    hv:{J}:job        hash    spec, state, total, open, next_page, window, counts, times
+    hv:{J}:c:<n>      hash    page -> "segment:offset:length:raw:lines", 128 pages
+                              per hash so Redis keeps each one a compact listpack
+    hv:{J}:segs       hash    segment id -> path relative to the output dir
+    hv:{J}:sealed     set     segment ids already sealed into parts
+    hv:{J}:failed     hash    page -> failure record (JSON)
+    hv:{J}:tries      hash    page -> tasks started for it (while unresolved)
+    hv:{J}:lease      zset    page -> lease end (ms) for every queued or running page
+    hv:{J}:todo       list    pages to claim before the sequential plan
+    hv:jobs           zset    job id -> creation time
+    hv:active         set     jobs not yet final (the reaper walks these)
+
+Page states are implicit: *committed* (in a ``c`` hash), *failed* (in
+``failed``), *leased* (queued or running, in ``lease``), else *pending*. The
+Lua scripts beside this module make each transition atomic; this is the only
+module that talks to Redis, and it turns redis-py errors into
+:class:`~harvester.errors.BrokerUnavailable`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+import redis
+
+from .errors import BrokerUnavailable, JobNotFound
+from .job import JobSpec
+
+FINAL_STATES = ("done", "failed", "cancelled")
+BUCKET = 128
+FINALIZER_PAGE = 0
+
+
+@cache
+def _script_source(name: str) -> str:
+    lua = files("harvester") / "lua"
+    return (lua / "_prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Commit:
+    page: int
+    segment: int
+    offset: int
+    length: int
+    raw_bytes: int
+    lines: int
+
+    def encode(self) -> str:
+        return f"{self.segment}:{self.offset}:{self.length}:{self.raw_bytes}:{self.lines}"
+
+    @classmethod
+    def decode(cls, page: int, value: str) -> "Commit":
+        segment, offset, length, raw, lines = (int(v) for v in value.split(":"))
+        return cls(page, segment, offset, length, raw, lines)
+
+
+@dataclass(frozen=True)
+class JobState:
+    job_id: str
+    state: str
+    total: int
+    open: bool
+    committed: int
+    failed: int
+    raw_bytes: int
+    gz_bytes: int
+    lines: int
+    created_at: float
+    finished_at: float | None
+    in_flight: int
+    cancelled: bool
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def pending(self) -> int:
+        return max(0, self.total - self.committed - self.failed)
+
+
+class Ledger:
+    """All Redis I/O of the harvester (except Celery's own)."""
+
+    def __init__(self, client: redis.Redis, *, lease_seconds: float = 15.0,
+                 queued_seconds: float = 900.0):
+        self.redis = client
+        self.lease_ms = int(lease_seconds * 1000)
+        self.queued_ms = int(queued_seconds * 1000)
+        self._scripts: dict[str, Any] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> "Ledger":
+        client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
+                                      socket_timeout=30, health_check_interval=15,
+                                      retry_on_timeout=True)
+        return cls(client, **kwargs)
+
+    # --------------------------------------------------------------- helpers
+
+    @staticmethod
+    def prefix(job_id: str) -> str:
+        return f"hv:{{{job_id}}}"
+
+    def _key(self, job_id: str, name: str) -> str:
+        return f"{self.prefix(job_id)}:{name}"
+
+    def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        script = self._scripts.get(name)
+        if script is None:
+            script = self._scripts[name] = self.redis.register_script(_script_source(name))
+        return self._call(script, keys=keys, args=args)
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            url = _describe_connection(self.redis)
+            raise BrokerUnavailable(url, str(exc).splitlines()[0] if str(exc) else
+                                    type(exc).__name__) from None
+
+    def ping(self) -> None:
+        self._call(self.redis.ping)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def create_job(self, job_id: str, spec: JobSpec, *, total: int, open_ended: bool,
+                   window: int, local: bool = False) -> list[int]:
+        """Record a new job and claim its first window of pages."""
+        created = time.time()
+        fields = {
+            "spec": json.dumps(spec.to_dict(), separators=(",", ":")),
+            "state": "running", "total": total, "open": "1" if open_ended else "0",
+            "learn": "1" if open_ended else "0", "next_page": 1, "window": window,
+            "committed": 0, "failed": 0, "raw_bytes": 0, "gz_bytes": 0, "lines": 0,
+            "created_at": repr(created), "out_dir": spec.output.dir,
+            "local": "1" if local else "0", "sealed_gen": 0, "cancelled": "0",
+        }
+        pipe = self.redis.pipeline()
+        pipe.hset(self._key(job_id, "job"), mapping=fields)
+        pipe.zadd("hv:jobs", {job_id: created})
+        pipe.sadd("hv:active", job_id)
+        self._call(pipe.execute)
+        return self.fill(job_id)
+
+    def fill(self, job_id: str) -> list[int]:
+        return [int(p) for p in self._run(
+            "fill", [self._key(job_id, "job"), self._key(job_id, "lease"),
+                     self._key(job_id, "todo")],
+            [self.prefix(job_id), now_ms() + self.queued_ms])]
+
+    def spec(self, job_id: str) -> JobSpec:
+        raw = self._call(self.redis.hget, self._key(job_id, "job"), "spec")
+        if raw is None:
+            raise JobNotFound(job_id)
+        return JobSpec.from_dict(json.loads(raw))
+
+    def state(self, job_id: str) -> JobState:
+        pipe = self.redis.pipeline()
+        pipe.hgetall(self._key(job_id, "job"))
+        pipe.zcard(self._key(job_id, "lease"))
+        fields, in_flight = self._call(pipe.execute)
+        if not fields:
+            raise JobNotFound(job_id)
+        finished = fields.get("finished_at")
+        return JobState(
+            job_id=job_id, state=fields["state"], total=int(fields["total"]),
+            open=fields["open"] == "1", committed=int(fields["committed"]),
+            failed=int(fields["failed"]), raw_bytes=int(fields["raw_bytes"]),
+            gz_bytes=int(fields["gz_bytes"]), lines=int(fields["lines"]),
+            created_at=float(fields["created_at"]),
+            finished_at=float(finished) if finished else None,
+            in_flight=in_flight if fields["state"] == "running" else 0,
+            cancelled=fields.get("cancelled") == "1",
+        )
+
+    def field(self, job_id: str, name: str) -> str | None:
+        return self._call(self.redis.hget, self._key(job_id, "job"), name)
+
+    def set_once(self, job_id: str, name: str, value: str) -> str:
+        """Set a job field unless set already; returns the value that stands."""
+        key = self._key(job_id, "job")
+        self._call(self.redis.hsetnx, key, name, value)
+        return self._call(self.redis.hget, key, name)
+
+    def active_jobs(self) -> list[str]:
+        return sorted(self._call(self.redis.smembers, "hv:active"))
+
+    def recent_jobs(self, limit: int = 20) -> list[str]:
+        return self._call(self.redis.zrevrange, "hv:jobs", 0, limit - 1)
+
+    # ----------------------------------------------------------------- pages
+
+    def start_page(self, job_id: str, page: int) -> tuple[bool, str | int]:
+        """Lease ``page`` to the caller: ``(True, tries)`` or ``(False, why not)``."""
+        verdict, detail = self._run(
+            "start", [self._key(job_id, "job"), self._key(job_id, "lease"),
+                      self._key(job_id, "tries")],
+            [self.prefix(job_id), page, now_ms() + self.lease_ms])
+        return (verdict == "run", int(detail) if verdict == "run" else detail)
+
+    def register_segment(self, job_id: str, relative_path: str) -> int:
+        seg_id = self._call(self.redis.hincrby, self._key(job_id, "job"), "next_segment", 1)
+        self._call(self.redis.hset, self._key(job_id, "segs"), seg_id, relative_path)
+        return int(seg_id)
+
+    def commit(self, job_id: str, commit: Commit, *, total: int | None = None,
+               close: bool = False) -> tuple[str, list[int]]:
+        """The commit point. Returns the outcome and the pages the caller must enqueue."""
+        result = self._run(
+            "commit", [self._key(job_id, n) for n in ("job", "lease", "tries", "failed", "todo")],
+            [self.prefix(job_id), commit.page, commit.encode(), commit.raw_bytes, commit.length,
+             commit.lines, "" if total is None else total, "1" if close else "0",
+             now_ms() + self.queued_ms, now_ms() + self.lease_ms])
+        return result[0], [int(p) for p in result[1:]]
+
+    def fail(self, job_id: str, page: int, record: dict[str, Any], *,
+             close: bool = False) -> tuple[str, list[int]]:
+        result = self._run(
+            "fail", [self._key(job_id, n) for n in ("job", "lease", "failed", "todo")],
+            [self.prefix(job_id), page, json.dumps(record, separators=(",", ":")),
+             "1" if close else "0", now_ms() + self.queued_ms, now_ms() + self.lease_ms])
+        return result[0], [int(p) for p in result[1:]]
+
+    def renew(self, leases: list[tuple[str, int]]) -> None:
+        """Extend the leases of pages this process is working on (heartbeat)."""
+        if not leases:
+            return
+        until = now_ms() + self.lease_ms
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id, page in leases:
+            pipe.zadd(self._key(job_id, "lease"), {str(page): until}, xx=True)
+        self._call(pipe.execute)
+
+    def reap(self, job_id: str, limit: int = 100) -> list[int]:
+        """Pages whose lease expired, now leased to the caller to re-send."""
+        pages = self._run("reap", [self._key(job_id, "job"), self._key(job_id, "lease")],
+                          [now_ms(), now_ms() + self.lease_ms * 2, limit])
+        return [int(p) for p in pages]
+
+    def tries(self, job_id: str, page: int) -> int:
+        return int(self._call(self.redis.hget, self._key(job_id, "tries"), page) or 0)
+
+    # ------------------------------------------------------- job-wide actions
+
+    def cancel(self, job_id: str) -> str:
+        return self._run("cancel", [self._key(job_id, n) for n in ("job", "lease", "todo")],
+                         [now_ms() + self.lease_ms])
+
+    def reopen(self, job_id: str, *, open_ended: bool) -> str:
+        result = self._run("reopen", [self._key(job_id, n) for n in ("job", "failed", "todo",
+                                                                       "tries")],
+                           ["1" if open_ended else "0"])
+        if result == "running":
+            pipe = self.redis.pipeline()
+            pipe.sadd("hv:active", job_id)
+            pipe.hdel(self._key(job_id, "job"), "finished_at")
+            self._call(pipe.execute)
+        return result
+
+    def is_committed(self, job_id: str, page: int) -> bool:
+        key = f"{self.prefix(job_id)}:c:{page // BUCKET}"
+        return bool(self._call(self.redis.hexists, key, page))
+
+    # -------------------------------------------------------------- finalizer
+
+    def commits(self, job_id: str) -> Iterator[Commit]:
+        """Every committed page, in page order."""
+        state = self.state(job_id)
+        highest = max(state.total, int(self.field(job_id, "next_page") or 1))
+        for bucket in range(highest // BUCKET + 1):
+            entries = self._call(self.redis.hgetall, f"{self.prefix(job_id)}:c:{bucket}")
+            for page in sorted(entries, key=int):
+                yield Commit.decode(int(page), entries[page])
+
+    def segments(self, job_id: str) -> dict[int, str]:
+        return {int(k): v for k, v in self._call(self.redis.hgetall,
+                                                 self._key(job_id, "segs")).items()}
+
+    def sealed_segments(self, job_id: str) -> set[int]:
+        return {int(s) for s in self._call(self.redis.smembers, self._key(job_id, "sealed"))}
+
+    def failures(self, job_id: str) -> dict[int, dict[str, Any]]:
+        entries = self._call(self.redis.hgetall, self._key(job_id, "failed"))
+        return {int(page): json.loads(record) for page, record in entries.items()}
+
+    def todo(self, job_id: str) -> list[int]:
+        return [int(p) for p in self._call(self.redis.lrange, self._key(job_id, "todo"), 0, -1)]
+
+    def renew_finalizer(self, job_id: str) -> None:
+        self.renew([(job_id, FINALIZER_PAGE)])
+
+    def finish(self, job_id: str, *, generation: int, sealed: list[int], state: str) -> None:
+        """Record a finished finalization: segments sealed, job final."""
+        pipe = self.redis.pipeline()
+        if sealed:
+            pipe.sadd(self._key(job_id, "sealed"), *sealed)
+        pipe.hset(self._key(job_id, "job"), mapping={"state": state, "sealed_gen": generation})
+        pipe.delete(self._key(job_id, "lease"))
+        pipe.srem("hv:active", job_id)
+        self._call(pipe.execute)
+
+    def all_keys(self, job_id: str) -> list[str]:
+        return list(self._call(self.redis.scan_iter, match=f"{self.prefix(job_id)}:*"))
+
+
+def _describe_connection(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return f"unix://{kwargs['path']}"
+    scheme = "rediss" if kwargs.get("ssl") else "redis"  # never the password
+    return f"{scheme}://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"

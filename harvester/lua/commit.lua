@@ -1,0 +1,25 @@
+-- The commit point of a page: first writer wins, duplicates are refused.
+-- KEYS: job, lease, tries, failed, todo.
+-- ARGV: prefix, page, location, raw_bytes, gz_bytes, lines, total_or_empty,
+--       close ('1' when no page can follow), queued_until, finalizer_until.
+-- Returns {outcome, claimed pages...}; outcome is committed|last|duplicate|closed.
+local job, lease, page = KEYS[1], KEYS[2], ARGV[2]
+if redis.call('HGET', job, 'state') ~= 'running' then return {'closed'} end
+if redis.call('HSETNX', bucket_key(ARGV[1], page), page, ARGV[3]) == 0 then
+  return {'duplicate'}
+end
+if redis.call('HDEL', KEYS[4], page) == 1 then redis.call('HINCRBY', job, 'failed', -1) end
+redis.call('ZREM', lease, page)
+redis.call('HDEL', KEYS[3], page)
+redis.call('HINCRBY', job, 'committed', 1)
+redis.call('HINCRBY', job, 'raw_bytes', ARGV[4])
+redis.call('HINCRBY', job, 'gz_bytes', ARGV[5])
+redis.call('HINCRBY', job, 'lines', ARGV[6])
+if ARGV[7] ~= '' and redis.call('HGET', job, 'open') == '1' then
+  redis.call('HSET', job, 'total', ARGV[7])
+end
+if ARGV[8] == '1' then redis.call('HSET', job, 'open', '0') end
+if maybe_finish(job, lease, ARGV[10]) then return {'last'} end
+local claimed = claim(job, ARGV[1], lease, KEYS[5], ARGV[9])
+table.insert(claimed, 1, 'committed')
+return claimed

@@ -1,0 +1,121 @@
+"""The manifest and the seal plan: pure functions, no I/O.
+
+A job is sealed in *generations*: the first finalization seals every page
+committed by then; each ``harvest retry`` adds a generation that seals only the
+pages committed since, into new parts numbered after the old ones, and the
+manifest is the previous one merged with the new parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .ledger import Commit
+from .storage import Piece
+
+FORMAT = "harvester/1"
+MANIFEST = "_manifest.json"
+FAILED = "_failed.jsonl"
+SUCCESS = "_SUCCESS"
+
+
+@dataclass
+class PlannedPart:
+    name: str
+    pieces: list[Piece] = field(default_factory=list)
+    pages: list[int] = field(default_factory=list)
+    lines: int = 0
+    raw_bytes: int = 0
+    compressed_bytes: int = 0
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.jsonl.gz"
+
+
+def plan_parts(commits: Iterable[Commit], segments: dict[int, str], *, first_index: int,
+               part_bytes: int) -> list[PlannedPart]:
+    """Group committed members, in page order, into parts of about ``part_bytes``.
+
+    A member is never split: a page larger than ``part_bytes`` is a part of its own.
+    """
+    parts: list[PlannedPart] = []
+    current: PlannedPart | None = None
+    for commit in sorted(commits, key=lambda c: c.page):
+        if current is None or (current.compressed_bytes and
+                               current.compressed_bytes + commit.length > part_bytes):
+            current = PlannedPart(name=part_name(first_index + len(parts)))
+            parts.append(current)
+        current.pieces.append(Piece(segments[commit.segment], commit.offset, commit.length))
+        current.pages.append(commit.page)
+        current.lines += commit.lines
+        current.raw_bytes += commit.raw_bytes
+        current.compressed_bytes += commit.length
+    return parts
+
+
+def page_ranges(pages: Iterable[int]) -> list[list[int]]:
+    """``[1, 2, 3, 7]`` -> ``[[1, 3], [7, 7]]``: pages per shard, compactly."""
+    ranges: list[list[int]] = []
+    for page in sorted(pages):
+        if ranges and page == ranges[-1][1] + 1:
+            ranges[-1][1] = page
+        else:
+            ranges.append([page, page])
+    return ranges
+
+
+def expand_ranges(ranges: Iterable[Iterable[int]]) -> Iterable[int]:
+    for first, last in ranges:
+        yield from range(first, last + 1)
+
+
+def shard_entry(part: PlannedPart, sha256: str, generation: int) -> dict[str, Any]:
+    return {
+        "name": part.name,
+        "pages": len(part.pages),
+        "page_ranges": page_ranges(part.pages),
+        "lines": part.lines,
+        "compressed_bytes": part.compressed_bytes,
+        "raw_bytes": part.raw_bytes,
+        "sha256": sha256,
+        "generation": generation,
+    }
+
+
+def merge_manifest(previous: dict[str, Any] | None, *, job_id: str, spec: dict[str, Any],
+                   new_shards: list[dict[str, Any]], generation: int, state: str,
+                   started_at: str, finished_at: str, total: int, committed: int,
+                   failed: int) -> dict[str, Any]:
+    """The manifest after ``generation``: the previous shards plus the new ones."""
+    if previous is not None and previous.get("job_id") != job_id:
+        raise ValueError(f"manifest belongs to job {previous.get('job_id')!r}, not {job_id!r}")
+    shards = list(previous["shards"]) if previous else []
+    shards.extend(new_shards)
+    pending = max(0, total - committed - failed)
+    return {
+        "format": FORMAT,
+        "job_id": job_id,
+        "state": state,
+        "job": spec,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "generation": generation,
+        "pages": {"total": total, "ok": committed, "failed": failed, "pending": pending},
+        "lines": sum(s["lines"] for s in shards),
+        "compressed_bytes": sum(s["compressed_bytes"] for s in shards),
+        "raw_bytes": sum(s["raw_bytes"] for s in shards),
+        "shards": shards,
+        "failed_file": FAILED,
+    }
+
+
+def plan_to_json(parts: list[PlannedPart]) -> list[dict[str, Any]]:
+    return [asdict(part) for part in parts]
+
+
+def plan_from_json(data: list[dict[str, Any]]) -> list[PlannedPart]:
+    return [PlannedPart(**{**part, "pieces": [Piece(**p) for p in part["pieces"]]})
+            for part in data]

@@ -1,0 +1,304 @@
+"""One page, start to finish, on a worker: lease, fetch, stream to a segment,
+check, commit, hand the queue its next pages.
+
+A :class:`PageRunner` lives once per worker process and is shared by its
+threads; each thread keeps its own Session and segment per job (see
+:class:`_ThreadResources`), so threads never share a socket or a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets as token_source
+import socket
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+import requests
+import structlog
+
+from . import pagination
+from .backoff import compute_backoff
+from .body import BodyInspector
+from .errors import JobNotFound, MissingSecretError, PageError, PaginationError, StorageError
+from .fetch import build_session, display_url, open_page, read_body
+from .job import JobSpec
+from .ledger import Commit, Ledger
+from .secrets import MissingSecret, resolve, secret_values
+from .settings import Settings
+from .storage import SEGMENTS_DIR, SegmentWriter
+
+log = structlog.get_logger("harvester.page")
+
+# In valid JSON a raw CR or LF can only be insignificant whitespace (inside a
+# string they must be escaped), so mapping them to spaces keeps the body
+# byte-for-byte the same JSON value while putting it on one JSON Lines line.
+_ONE_LINE = bytes.maketrans(b"\r\n", b"  ")
+_BOM = b"\xef\xbb\xbf"
+
+
+class Dispatcher(Protocol):
+    """How the library enqueues work; the Celery app provides the real one."""
+
+    def send_page(self, job_id: str, page: int) -> None: ...
+
+    def send_finalize(self, job_id: str) -> None: ...
+
+
+class InFlight:
+    """Pages this process is working on, for the heartbeat to renew their leases."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pages: dict[tuple[str, int], int] = {}
+
+    def add(self, job_id: str, page: int) -> None:
+        with self._lock:
+            key = (job_id, page)
+            self._pages[key] = self._pages.get(key, 0) + 1
+
+    def remove(self, job_id: str, page: int) -> None:
+        with self._lock:
+            key = (job_id, page)
+            if self._pages.get(key, 0) <= 1:
+                self._pages.pop(key, None)
+            else:
+                self._pages[key] -= 1
+
+    def snapshot(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return list(self._pages)
+
+
+@dataclass
+class _JobResources:
+    session: requests.Session
+    segment: SegmentWriter | None = None
+    segment_id: int = 0
+
+
+class _ThreadResources(threading.local):
+    def __init__(self) -> None:
+        self.jobs: OrderedDict[str, _JobResources] = OrderedDict()
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    commit: Commit
+    total: int | None
+    requests_sent: int
+
+
+class PageRunner:
+    MAX_JOBS_PER_THREAD = 4
+
+    def __init__(self, ledger: Ledger, dispatcher: Dispatcher, settings: Settings,
+                 *, worker_name: str | None = None):
+        self.ledger = ledger
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.in_flight = InFlight()
+        self.worker_name = worker_name or f"{socket.gethostname()}-{os.getpid()}"
+        self._local = _ThreadResources()
+        self._specs: dict[str, JobSpec] = {}
+
+    # ------------------------------------------------------------------ entry
+
+    def run(self, job_id: str, page: int) -> str:
+        """Harvest ``page`` of ``job_id`` once; returns the outcome's name."""
+        try:
+            spec = self._spec(job_id)
+        except JobNotFound:
+            log.warning("page.skipped", reason="job not found")
+            return "missing"
+        may_run, detail = self.ledger.start_page(job_id, page)
+        if not may_run:
+            log.info("page.skipped", reason=detail)
+            return str(detail)
+        self.in_flight.add(job_id, page)
+        try:
+            outcome, claimed = self._harvest(job_id, spec, page, task_try=int(detail))
+        finally:
+            self.in_flight.remove(job_id, page)
+        for following in claimed:
+            self.dispatcher.send_page(job_id, following)
+        if outcome == "last":
+            self.dispatcher.send_finalize(job_id)
+        return outcome
+
+    def close(self) -> None:
+        for resources in self._local.jobs.values():
+            _close(resources)
+        self._local.jobs.clear()
+
+    # ------------------------------------------------------------- page loop
+
+    def _harvest(self, job_id: str, spec: JobSpec, page: int, task_try: int
+                 ) -> tuple[str, list[int]]:
+        http = spec.http
+        sent = 0
+        attempt = 0
+        while True:
+            attempt += 1
+            structlog.contextvars.bind_contextvars(attempt=attempt, task_try=task_try)
+            try:
+                fetched = self._fetch(job_id, spec, page)
+            except (PageError, StorageError) as exc:
+                sent += getattr(exc, "attempts", 0) or 1
+                retryable = getattr(exc, "retryable", True)
+                if retryable and attempt <= http.retries:
+                    delay = compute_backoff(attempt, factor=http.backoff_factor,
+                                            maximum=http.backoff_max)
+                    log.warning("page.retry", error=type(exc).__name__, message=str(exc),
+                                delay=round(delay, 3))
+                    time.sleep(delay)
+                    continue
+                return self._fail(job_id, spec, page, exc, sent)
+            sent += fetched.requests_sent
+            # A total learnt from page 1 is final: no page beyond it can appear.
+            outcome, claimed = self.ledger.commit(job_id, fetched.commit, total=fetched.total,
+                                                  close=fetched.total is not None)
+            if outcome in ("duplicate", "closed"):
+                # Someone else committed it, or the job was cancelled: the bytes
+                # we wrote are never referenced, so give the space back.
+                self._discard_last(job_id, fetched.commit)
+            log.info("page." + ("committed" if outcome in ("committed", "last") else outcome),
+                     raw_bytes=fetched.commit.raw_bytes, gz_bytes=fetched.commit.length,
+                     requests=sent)
+            return outcome, claimed
+
+    def _fail(self, job_id: str, spec: JobSpec, page: int, exc: Exception, sent: int
+              ) -> tuple[str, list[int]]:
+        status = getattr(exc, "status", None)
+        record = {
+            "page": page,
+            "url": getattr(exc, "url", None) or display_url(pagination.request_for(spec, page)),
+            "attempts": sent,
+            "status": status,
+            "error": getattr(exc, "reason", None) if status is None else str(status),
+            "error_class": type(exc).__name__,
+            "message": str(exc),
+            "failed_at": _now_iso(),
+            "worker": self.worker_name,
+        }
+        record["error"] = record["error"] or type(exc).__name__
+        log.error("page.failed", error=record["error_class"], message=record["message"],
+                  requests=sent)
+        return self.ledger.fail(job_id, page, record, close=self._closes_on_failure(spec, page))
+
+    @staticmethod
+    def _closes_on_failure(spec: JobSpec, page: int) -> bool:
+        # Page 1 of a job that learns its total from page 1: nothing can follow.
+        return page == 1 and pagination.total_path(spec) is not None
+
+    # ------------------------------------------------------------ the fetch
+
+    def _fetch(self, job_id: str, spec: JobSpec, page: int) -> _Fetched:
+        request = pagination.request_for(spec, page)
+        url = display_url(request)
+        try:
+            resolved = pagination.PageRequest(
+                method=request.method, url=resolve(request.url), params=resolve(request.params),
+                json=resolve(request.json))
+            headers = {"Accept": "application/json", **resolve(spec.headers)}
+        except MissingSecret as exc:
+            raise MissingSecretError(
+                f"environment variable {exc.args[0]} is not set on worker {self.worker_name}",
+                url=url) from None
+        hidden = secret_values([spec.url, spec.params, spec.headers, spec.json])
+        wanted_total = pagination.total_path(spec) if page == 1 else None
+        resources = self._resources(job_id, spec)
+        deadline = time.monotonic() + spec.http.page_deadline
+
+        with open_page(resources.session, resolved, headers=headers, http=spec.http, url=url,
+                       secrets=hidden) as response:
+            segment = self._segment(job_id, spec, resources)
+            member = segment.begin_page(spec.output.compress_level)
+            try:
+                member.write(_line_prefix(page, url, response.status))
+                inspector = BodyInspector([wanted_total] if wanted_total else ())
+                first = True
+                for chunk in read_body(response, deadline=deadline, http=spec.http, url=url,
+                                       secrets=hidden):
+                    if first:
+                        chunk = chunk.removeprefix(_BOM)
+                        first = False
+                    inspector.feed(chunk)
+                    member.write(chunk.translate(_ONE_LINE))
+                try:
+                    values = inspector.finish()
+                except PageError as exc:
+                    exc.url, exc.status = url, response.status
+                    raise
+                total = None
+                if wanted_total:
+                    if wanted_total not in values:
+                        raise PaginationError(f"page 1 has no value at {wanted_total!r}", url=url,
+                                            status=response.status)
+                    total = pagination.total_from_value(spec, values[wanted_total])
+                member.write(b"}\n")
+                location = member.commit()
+            except BaseException:
+                member.abort()
+                raise
+        commit = Commit(page=page, segment=resources.segment_id, offset=location.offset,
+                        length=location.length, raw_bytes=location.raw_bytes, lines=1)
+        return _Fetched(commit=commit, total=total, requests_sent=response.attempts)
+
+    def _discard_last(self, job_id: str, commit: Commit) -> None:
+        resources = self._local.jobs.get(job_id)
+        segment = resources.segment if resources else None
+        if segment is not None and segment.size == commit.offset + commit.length:
+            segment.truncate(commit.offset)
+
+    # ----------------------------------------------------- per-thread state
+
+    def _spec(self, job_id: str) -> JobSpec:
+        spec = self._specs.get(job_id)
+        if spec is None:
+            spec = self._specs[job_id] = self.ledger.spec(job_id)
+        return spec
+
+    def _resources(self, job_id: str, spec: JobSpec) -> _JobResources:
+        jobs = self._local.jobs
+        resources = jobs.get(job_id)
+        if resources is None:
+            resources = jobs[job_id] = _JobResources(session=build_session(spec.http))
+            while len(jobs) > self.MAX_JOBS_PER_THREAD:
+                _close(jobs.popitem(last=False)[1])
+        jobs.move_to_end(job_id)
+        return resources
+
+    def _segment(self, job_id: str, spec: JobSpec, resources: _JobResources) -> SegmentWriter:
+        segment = resources.segment
+        if segment is not None and not segment.unlinked:
+            return segment
+        if segment is not None:
+            segment.close()
+        relative = (f"{SEGMENTS_DIR}/{job_id}/{self.worker_name}-{threading.get_native_id()}-"
+                    f"{token_source.token_hex(3)}.seg")
+        resources.segment = SegmentWriter(Path(spec.output.dir) / relative,
+                                          fsync=self.settings.fsync)
+        resources.segment_id = self.ledger.register_segment(job_id, relative)
+        return resources.segment
+
+
+def _close(resources: _JobResources) -> None:
+    resources.session.close()
+    if resources.segment is not None:
+        resources.segment.close()
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _line_prefix(page: int, url: str, status: int) -> bytes:
+    return (f'{{"page":{page},"url":{json.dumps(url)},"status":{status},'
+            f'"fetched_at":"{_now_iso()}","body":').encode()

@@ -1,0 +1,71 @@
+"""``${ENV_VAR}`` templates: kept verbatim everywhere, resolved only at request time.
+
+The job spec travels through Redis, task arguments, logs and the manifest with
+its templates intact; only the fetcher on a worker calls :func:`resolve`, and
+anything it reports passes through :func:`redact` first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+TEMPLATE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+REDACTED = "***"
+
+
+class MissingSecret(KeyError):
+    """A template names an environment variable the worker does not have."""
+
+
+def names_in(value: Any) -> set[str]:
+    """Every variable name referenced by templates anywhere inside ``value``."""
+    found: set[str] = set()
+    if isinstance(value, str):
+        found.update(TEMPLATE.findall(value))
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            found |= names_in(key) | names_in(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            found |= names_in(item)
+    return found
+
+
+def resolve(value: Any, env: Mapping[str, str] | None = None) -> Any:
+    """A copy of ``value`` with every ``${NAME}`` replaced from ``env``."""
+    env = os.environ if env is None else env
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in env:
+            raise MissingSecret(name)
+        return env[name]
+
+    if isinstance(value, str):
+        return TEMPLATE.sub(substitute, value)
+    if isinstance(value, Mapping):
+        return {resolve(k, env): resolve(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve(item, env) for item in value]
+    return value
+
+
+def secret_values(value: Any, env: Mapping[str, str] | None = None) -> list[str]:
+    """The resolved values of the templates in ``value``, longest first."""
+    env = os.environ if env is None else env
+    values = {env[name] for name in names_in(value) if env.get(name)}
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret value (raw or URL-quoted) replaced by ``***``."""
+    from urllib.parse import quote, quote_plus
+
+    for secret in secrets:
+        for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+            if form:
+                text = text.replace(form, REDACTED)
+    return text

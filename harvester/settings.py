@@ -1,0 +1,61 @@
+"""Process-wide settings, read once from the environment.
+
+Nothing here is part of a job file: these tune the machinery (how many pages
+stay queued, how long a lease lives) and are the same for every job a worker runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    # Pages queued or running at once per job: Redis holds about 1.2 KB per
+    # queued Celery message, so this bounds broker memory whatever the job's size.
+    window: int
+    # A running page's lease; its worker renews it every lease/3 s. A worker
+    # that dies loses its pages to the reaper once the lease ends.
+    lease_seconds: float
+    # How long a page may wait in the queue before the reaper re-sends it.
+    queued_seconds: float
+    # kombu's visibility timeout: must exceed the longest page_deadline, or a
+    # healthy long page would be redelivered while it runs.
+    visibility_timeout: float
+    # Target size of a sealed part file.
+    part_bytes: int
+    fsync: bool
+    home: Path
+    log_format: str
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        home = Path(os.environ.get("HARVEST_HOME") or
+                    Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+                    / "harvester")
+        return cls(
+            redis_url=os.environ.get("HARVEST_REDIS_URL") or DEFAULT_REDIS_URL,
+            window=_int("HARVEST_WINDOW", 256),
+            lease_seconds=_float("HARVEST_LEASE_SECONDS", 15.0),
+            queued_seconds=_float("HARVEST_QUEUED_SECONDS", 900.0),
+            visibility_timeout=_float("HARVEST_VISIBILITY_TIMEOUT", 3600.0),
+            part_bytes=_int("HARVEST_PART_BYTES", 256 << 20),
+            fsync=os.environ.get("HARVEST_FSYNC", "1") != "0",
+            home=home,
+            log_format=os.environ.get("HARVEST_LOG_FORMAT", "console"),
+        )

@@ -1,0 +1,207 @@
+"""Segments and shards on disk.
+
+A worker thread appends each page to a *segment* file that only it writes, as
+one self-contained gzip member (header, deflate stream, CRC32 and length). The
+member's bytes are flushed (and fsync'ed) before the page is committed in the
+ledger, and an aborted page is cut off again with ``ftruncate``, so a segment
+holds whole members plus at most one partial tail of a page that was never
+committed. The finalizer *seals* segments into ``part-NNNNN.jsonl.gz`` shards by
+copying only committed members; concatenated gzip members are one valid gzip
+stream, readable by ``zcat``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from zlib_ng import zlib_ng
+
+from .errors import StorageError
+
+# mtime 0 and OS 255 ("unknown") keep members byte-identical for the same input.
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+SEGMENTS_DIR = ".segments"
+
+
+@dataclass(frozen=True)
+class Member:
+    """Where one committed page lives inside a segment."""
+
+    offset: int
+    length: int
+    raw_bytes: int
+
+
+class PageMember:
+    """One page being written as a gzip member at the end of a segment."""
+
+    def __init__(self, segment: "SegmentWriter", level: int):
+        self._segment = segment
+        self.offset = segment.size
+        self._compressor = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -15)
+        self._crc = 0
+        self.raw_bytes = 0
+        self._done = False
+        segment.write(_GZIP_HEADER)
+
+    def write(self, data: bytes) -> None:
+        self._crc = zlib_ng.crc32(data, self._crc)
+        self.raw_bytes += len(data)
+        compressed = self._compressor.compress(data)
+        if compressed:
+            self._segment.write(compressed)
+
+    def commit(self) -> Member:
+        """Finish the member and make it durable; returns its location."""
+        tail = self._compressor.flush() + struct.pack("<II", self._crc, self.raw_bytes & 0xFFFFFFFF)
+        self._segment.write(tail)
+        self._segment.sync()
+        self._done = True
+        end = self._segment.size
+        return Member(offset=self.offset, length=end - self.offset, raw_bytes=self.raw_bytes)
+
+    def abort(self) -> None:
+        """Cut the segment back to where this member began."""
+        if not self._done:
+            self._done = True
+            self._segment.truncate(self.offset)
+
+
+class SegmentWriter:
+    """An append-only segment file owned by one worker thread."""
+
+    def __init__(self, path: Path, *, fsync: bool = True):
+        self.path = path
+        self._fsync = fsync
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path, "ab", buffering=1 << 20)
+        except OSError as exc:
+            raise StorageError(f"cannot open segment: {exc.strerror}", path=str(path)) from None
+        self.size = self.file.tell()
+
+    @property
+    def unlinked(self) -> bool:
+        """True when the finalizer removed this segment under us."""
+        try:
+            return os.fstat(self.file.fileno()).st_nlink == 0
+        except OSError:
+            return True
+
+    def begin_page(self, level: int) -> PageMember:
+        return PageMember(self, level)
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.file.write(data)
+        except OSError as exc:
+            raise _storage_error(exc, self.path) from None
+        self.size += len(data)
+
+    def sync(self) -> None:
+        try:
+            self.file.flush()
+            if self._fsync:
+                os.fdatasync(self.file.fileno())
+        except OSError as exc:
+            raise _storage_error(exc, self.path) from None
+
+    def truncate(self, size: int) -> None:
+        try:
+            try:
+                self.file.flush()
+            except OSError:
+                pass  # ENOSPC while flushing a page we are discarding anyway.
+            os.ftruncate(self.file.fileno(), size)
+            self.file.seek(size)
+        except OSError as exc:
+            raise _storage_error(exc, self.path) from None
+        self.size = size
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        except OSError:
+            pass
+
+
+def _storage_error(exc: OSError, path: Path) -> StorageError:
+    reason = "disk full" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+    return StorageError(f"cannot write: {reason}", path=str(path))
+
+
+# ------------------------------------------------------------------- sealing
+
+@dataclass(frozen=True)
+class Piece:
+    """A committed member to copy: ``length`` bytes at ``offset`` of ``segment``."""
+
+    segment: str  # path relative to the output dir
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class SealedPart:
+    name: str
+    compressed_bytes: int
+    sha256: str
+
+
+def write_part(out_dir: Path, name: str, pieces: list[Piece]) -> SealedPart:
+    """Copy ``pieces`` into ``out_dir/name`` atomically (temp file, fsync, rename)."""
+    target = out_dir / name
+    temp = out_dir / f".{name}.tmp"
+    digest = hashlib.sha256()
+    total = 0
+    handles: dict[str, int] = {}
+    try:
+        with open(temp, "wb") as out:
+            for piece in pieces:
+                fd = handles.get(piece.segment)
+                if fd is None:
+                    fd = handles[piece.segment] = os.open(out_dir / piece.segment, os.O_RDONLY)
+                remaining, position = piece.length, piece.offset
+                while remaining:
+                    block = os.pread(fd, min(remaining, 1 << 20), position)
+                    if not block:
+                        raise StorageError(f"segment ends before byte {position + remaining}",
+                                           path=piece.segment)
+                    out.write(block)
+                    digest.update(block)
+                    position += len(block)
+                    remaining -= len(block)
+                    total += len(block)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, target)
+    except OSError as exc:
+        raise _storage_error(exc, target) from None
+    finally:
+        for fd in handles.values():
+            os.close(fd)
+    return SealedPart(name=name, compressed_bytes=total, sha256=digest.hexdigest())
+
+
+def file_sha256(path: Path) -> tuple[int, str]:
+    """Size and sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+            size += len(block)
+    return size, digest.hexdigest()
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,156 @@
+"""``harvest verify DIR``: an output directory checked against its manifest.
+
+Reads every shard in constant memory: size and sha256 as recorded, a gzip
+stream that ends cleanly, the recorded number of lines, each line complete
+JSON (checked by the same incremental parser as the harvest), each page once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .body import BodyInspector
+from .errors import InvalidJSON, VerifyError
+from .finalizer import read_manifest
+from .manifest import FAILED, SUCCESS, expand_ranges
+
+_PAGE_KEY = re.compile(rb'^\{"page":(\d+),')
+
+
+@dataclass
+class Report:
+    shards: int = 0
+    pages: int = 0
+    lines: int = 0
+    raw_bytes: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def verify(directory: str | Path) -> Report:
+    out_dir = Path(directory)
+    manifest = read_manifest(out_dir)
+    if manifest is None:
+        raise VerifyError(str(out_dir), [f"no {out_dir / '_manifest.json'}"])
+    report = Report()
+    pages_mode = manifest["job"]["output"]["mode"] == "pages"
+    seen: set[int] = set()
+    for shard in manifest["shards"]:
+        report.shards += 1
+        _check_shard(out_dir, shard, pages_mode, seen, report)
+    counts = manifest["pages"]
+    if pages_mode and len(seen) != counts["ok"]:
+        report.problems.append(f"manifest says {counts['ok']} pages ok, shards hold {len(seen)}")
+    failed_path = out_dir / FAILED
+    failed_lines = failed_path.read_bytes().splitlines() if failed_path.exists() else []
+    if len(failed_lines) != counts["failed"]:
+        report.problems.append(f"{FAILED} has {len(failed_lines)} lines, manifest says"
+                               f" {counts['failed']} failed")
+    success = (out_dir / SUCCESS).exists()
+    complete = counts["failed"] == 0 and counts["pending"] == 0 and manifest["state"] == "done"
+    if success and not complete:
+        report.problems.append(f"{SUCCESS} present but not every page is committed")
+    if complete and not success:
+        report.problems.append(f"every page is committed but {SUCCESS} is missing")
+    if report.problems:
+        raise VerifyError(str(out_dir), report.problems)
+    return report
+
+
+def _check_shard(out_dir: Path, shard: dict, pages_mode: bool, seen: set[int],
+                 report: Report) -> None:
+    name = shard["name"]
+    path = out_dir / name
+    if "/" in name or name.startswith(".") or not path.is_file():
+        report.problems.append(f"{name}: missing")
+        return
+    digest = hashlib.sha256()
+    size = raw = lines = 0
+    decompressor = zlib.decompressobj(31)
+    line = _LineChecker()
+    found_pages: list[int] = []
+    in_member = False
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                size += len(block)
+                digest.update(block)
+                data = block
+                while data:
+                    in_member = True
+                    out = decompressor.decompress(data)
+                    raw += len(out)
+                    lines += line.feed(out, found_pages)
+                    if decompressor.eof:
+                        # A new gzip member follows the one just finished.
+                        data = decompressor.unused_data
+                        decompressor = zlib.decompressobj(31)
+                        in_member = False
+                    else:
+                        data = b""
+        if in_member:
+            raise zlib.error("gzip stream ends mid-member: the shard is cut short")
+        line.finish()
+    except (zlib.error, InvalidJSON) as exc:
+        report.problems.append(f"{name}: {exc}")
+        return
+    if size != shard["compressed_bytes"]:
+        report.problems.append(f"{name}: {size} bytes, manifest says {shard['compressed_bytes']}")
+    if digest.hexdigest() != shard["sha256"]:
+        report.problems.append(f"{name}: sha256 does not match the manifest")
+    if lines != shard["lines"]:
+        report.problems.append(f"{name}: {lines} lines, manifest says {shard['lines']}")
+    if raw != shard["raw_bytes"]:
+        report.problems.append(f"{name}: {raw} raw bytes, manifest says {shard['raw_bytes']}")
+    if pages_mode:
+        expected = list(expand_ranges(shard["page_ranges"]))
+        if sorted(found_pages) != expected:
+            report.problems.append(f"{name}: pages differ from the manifest's page_ranges")
+        doubled = seen.intersection(found_pages)
+        if doubled or len(set(found_pages)) != len(found_pages):
+            report.problems.append(f"{name}: pages appear more than once: {sorted(doubled)[:10]}")
+        seen.update(found_pages)
+    report.pages += len(found_pages)
+    report.lines += lines
+    report.raw_bytes += raw
+
+
+class _LineChecker:
+    """Splits decompressed bytes into lines and checks each is complete JSON."""
+
+    def __init__(self) -> None:
+        self._inspector = BodyInspector()
+        self._head = b""
+
+    def feed(self, data: bytes, pages: list[int]) -> int:
+        complete = 0
+        while data:
+            newline = data.find(b"\n")
+            piece = data if newline < 0 else data[:newline]
+            if len(self._head) < 32:
+                self._head += piece[:32]
+            self._inspector.feed(piece)
+            if newline < 0:
+                break
+            self._inspector.finish()
+            match = _PAGE_KEY.match(self._head)
+            if match:
+                pages.append(int(match.group(1)))
+            self._inspector = BodyInspector()
+            self._head = b""
+            complete += 1
+            data = data[newline + 1:]
+        return complete
+
+    def finish(self) -> None:
+        if self._head:
+            raise InvalidJSON("last line has no newline: the shard is cut short")
+
+
+def summary(report: Report) -> str:
+    return json.dumps({"shards": report.shards, "pages": report.pages, "lines": report.lines,
+                       "raw_bytes": report.raw_bytes})

@@ -1,0 +1,1 @@
+"""The Celery side of the harvester: the app, its settings and thin tasks."""

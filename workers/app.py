@@ -1,0 +1,66 @@
+"""The Celery app, configured for at-least-once delivery without loss.
+
+- JSON only, no pickle; results ignored (nothing, secrets included, lands in a backend).
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a page's message is acked
+  only after the page is committed or failed, and goes back if its worker dies.
+- ``worker_prefetch_multiplier = 1``: a worker holds no more messages than it runs.
+- ``visibility_timeout`` longer than any ``page_deadline``, so a healthy long page
+  is never redelivered while it runs; ``unacked_restore_interval`` and
+  ``unacked_restore_throttle`` at 1 s so that, once it expires, a dead worker's
+  message is back in about a second instead of kombu's default 10 x 10 s sweep.
+  Leases in the ledger (see ``harvester.heartbeat``) re-send a dead worker's page
+  within seconds, long before that.
+- Task events on, so Flower shows every page task.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import setup_logging
+
+from harvester import logs
+from harvester.dispatch import QUEUE
+from harvester.settings import Settings
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or Settings.from_env()
+    app = Celery("harvester", broker=settings.redis_url, include=["workers.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_accept_content=["json"],
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_acks_on_failure_or_timeout=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=QUEUE,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": 1,
+            "unacked_restore_throttle": 1,
+            "socket_keepalive": True,
+            "health_check_interval": 10,
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    return app
+
+
+@setup_logging.connect
+def _use_harvester_logging(loglevel: object = None, **_: object) -> None:
+    # Connecting this signal stops Celery from installing its own handlers:
+    # its records flow through the structlog pipeline instead.
+    logs.configure(Settings.from_env().log_format, level=loglevel or "INFO")
+
+
+app = make_app()

@@ -1,0 +1,64 @@
+"""Thin tasks: decode arguments, bind log context, call the library."""
+
+from __future__ import annotations
+
+import threading
+from functools import cache
+
+import structlog
+from celery.signals import worker_process_init, worker_ready
+
+from harvester.dispatch import FINALIZE_TASK, PAGE_TASK, CeleryDispatcher
+from harvester.finalizer import finalize
+from harvester.heartbeat import Heartbeat
+from harvester.ledger import Ledger
+from harvester.runner import PageRunner
+from harvester.settings import Settings
+
+from .app import app
+
+_lock = threading.Lock()
+
+
+@cache
+def _runner() -> PageRunner:
+    """This process's runner and heartbeat, built on first use (after any fork)."""
+    with _lock:
+        settings = Settings.from_env()
+        ledger = Ledger.from_url(settings.redis_url, lease_seconds=settings.lease_seconds,
+                                 queued_seconds=settings.queued_seconds)
+        dispatcher = CeleryDispatcher(app)
+        runner = PageRunner(ledger, dispatcher, settings)
+        Heartbeat(ledger, dispatcher, runner.in_flight,
+                  lease_seconds=settings.lease_seconds).start()
+        return runner
+
+
+def _bind(**context: object) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(**context)
+
+
+@app.task(name=PAGE_TASK, bind=True)
+def harvest_page(self, job_id: str, page: int) -> str:
+    _bind(job_id=str(job_id), page=int(page), task_id=self.request.id)
+    return _runner().run(str(job_id), int(page))
+
+
+@app.task(name=FINALIZE_TASK, bind=True)
+def finalize_job(self, job_id: str) -> str:
+    _bind(job_id=str(job_id), task_id=self.request.id)
+    runner = _runner()
+    runner.in_flight.add(str(job_id), 0)
+    try:
+        return finalize(runner.ledger, str(job_id), part_bytes=runner.settings.part_bytes)
+    finally:
+        runner.in_flight.remove(str(job_id), 0)
+
+
+@worker_ready.connect
+@worker_process_init.connect
+def _start_heartbeat(**_: object) -> None:
+    # Every worker process reaps dead workers' pages from the start, not only
+    # once it has run a page of its own.
+    _runner()
