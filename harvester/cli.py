@@ -56,6 +56,7 @@ def context(local: bool, workers: int = 2, threads: int = 8) -> Iterator[Context
             cluster.stop()
             raise
         os.environ["HARVEST_REDIS_URL"] = url  # inherited by the worker processes
+        _err(f"local cluster: redis {url} (data in {cluster.redis.data_dir})")
         settings = Settings.from_env()
     try:
         yield Context(settings, cluster)
@@ -283,6 +284,10 @@ def _positive_int(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        # Everything after 'worker' belongs to celery; argparse would reject its options.
+        return cmd_worker(argparse.Namespace(celery_args=argv[1:]))
     args = build_parser().parse_args(argv)
     logs.configure(Settings.from_env().log_format, level=os.environ.get("HARVEST_LOG_LEVEL",
                                                                          "WARNING"))
