@@ -1,5 +1,11 @@
 """The Celery side of :class:`~harvester.runner.Dispatcher`: tasks sent by name,
-so the library never imports the worker package."""
+so the library never imports the worker package.
+
+kombu's Redis transport keeps one list per priority step and pops the most
+urgent first (0 before 6). Ordinary pages go at 6; a page re-sent because its
+worker died, and the finalizer, go at 0, so they do not wait behind the whole
+window of queued pages.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,16 @@ from typing import Any
 PAGE_TASK = "harvester.page"
 FINALIZE_TASK = "harvester.finalize"
 QUEUE = "harvest"
+NORMAL, URGENT = 6, 0
 
 
 class CeleryDispatcher:
     def __init__(self, app: Any):
         self.app = app
 
-    def send_page(self, job_id: str, page: int) -> None:
-        self.app.send_task(PAGE_TASK, args=[job_id, page], queue=QUEUE)
+    def send_page(self, job_id: str, page: int, *, urgent: bool = False) -> None:
+        self.app.send_task(PAGE_TASK, args=[job_id, page], queue=QUEUE,
+                           priority=URGENT if urgent else NORMAL)
 
     def send_finalize(self, job_id: str) -> None:
-        self.app.send_task(FINALIZE_TASK, args=[job_id], queue=QUEUE)
+        self.app.send_task(FINALIZE_TASK, args=[job_id], queue=QUEUE, priority=URGENT)

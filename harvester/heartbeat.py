@@ -50,7 +50,7 @@ class Heartbeat(threading.Thread):
                 if page == FINALIZER_PAGE:
                     self.dispatcher.send_finalize(job_id)
                 else:
-                    self.dispatcher.send_page(job_id, page)
+                    self.dispatcher.send_page(job_id, page, urgent=True)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -1,0 +1,186 @@
+"""Nothing lost, nothing doubled: killed workers, duplicate deliveries and a
+killed finalizer, on real Redis, real worker processes and the demo API."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import redis
+
+from support.demo import start_demo_api
+from support.output import assert_exactly_once, manifest
+from support.services import kill_tree
+
+
+class StderrReader(threading.Thread):
+    """Collects a process's stderr lines as they come."""
+
+    def __init__(self, stream):
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.lines: list[str] = []
+
+    def run(self) -> None:
+        for line in self.stream:
+            self.lines.append(line)
+
+    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                match = re.search(pattern, line)
+                if match:
+                    return match
+            time.sleep(0.05)
+        raise AssertionError(f"no stderr line matching {pattern!r}: {''.join(self.lines)[-2000:]}")
+
+
+def _bucket(job_id: str, page: int) -> str:
+    return f"hv:{{{job_id}}}:c:{page // 128}"
+
+
+def _running_pages(client: redis.Redis, job_id: str) -> list[int]:
+    """Pages leased by a worker that started them (queued pages have far longer leases)."""
+    horizon = time.time() * 1000 + 60_000
+    return [int(p) for p in client.zrangebyscore(f"hv:{{{job_id}}}:lease", 0, horizon) if p != "0"]
+
+
+def _worker_pids(harvest_pid: int) -> list[int]:
+    pids = []
+    for child in psutil.Process(harvest_pid).children():
+        try:
+            if child.status() != psutil.STATUS_ZOMBIE and "celery" in " ".join(child.cmdline()):
+                pids.append(child.pid)
+        except psutil.Error:  # exited (or a zombie not yet reaped) meanwhile
+            pass
+    return pids
+
+
+def test_worker_trees_killed_three_times(job_file, harvest, tmp_path):
+    """SIGKILL of a worker's whole process tree, three times during a --local job: the job
+    still ends with every page exactly once, each page that was running on a killed worker is
+    committed again within 30 s, and the dead worker is replaced."""
+    with start_demo_api(latency_ms=300) as slow_api:
+        job = job_file(url=f"{slow_api.url}/items", params={"per_page": 5, "pages": 1500},
+                       pagination='style = "page"\npages = 1500')
+        process = harvest.popen("run", str(job), "--local", "--workers", "2", "--threads", "4")
+        reader = StderrReader(process.stderr)
+        reader.start()
+        redis_url = reader.wait_for(r"local cluster: redis (\S+)").group(1)
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        job_id = process.stdout.readline().split()[1]
+
+        kills = []  # (killed at, pages that were running then)
+        for _ in range(3):
+            time.sleep(4)
+            pids = []
+            deadline = time.monotonic() + 30
+            while len(pids) < 2 and time.monotonic() < deadline:
+                pids = _worker_pids(process.pid)
+                time.sleep(0.2)
+            running = _running_pages(client, job_id)
+            kill_tree(pids[0])
+            kills.append((time.monotonic(), set(running)))
+        recoveries = [None] * len(kills)
+        while None in recoveries and time.monotonic() - kills[0][0] < 120:
+            for index, (killed_at, pages) in enumerate(kills):
+                if recoveries[index] is None and all(
+                        client.hexists(_bucket(job_id, p), p) for p in pages):
+                    recoveries[index] = time.monotonic() - killed_at
+            time.sleep(0.2)
+        assert all(kill[1] for kill in kills), "every kill hit a worker with running pages"
+
+        assert process.wait(timeout=300) == 0, "".join(reader.lines)[-3000:]
+        assert all(seconds <= 30 for seconds in recoveries), recoveries
+        assert "restarting" in "".join(reader.lines)
+    out = tmp_path / "out"
+    assert (out / "_SUCCESS").exists()
+    assert_exactly_once(out, range(1, 1501))
+    assert harvest("verify", str(out)).returncode == 0
+
+
+def test_duplicate_page_tasks_leave_one_copy(api, job_file, harvest, redis_server, workers,
+                                             tmp_path):
+    """Every page task sent twice while the job runs, and again after it is final: each
+    page is in the output exactly once."""
+    from workers.app import make_app
+    from harvester.dispatch import CeleryDispatcher
+    from harvester.settings import Settings
+
+    workers.start()
+    job = job_file(url=f"{api.url}/items", params={"per_page": 5, "pages": 300},
+                   pagination='style = "page"\npages = 300')
+    submitted = harvest("run", str(job), "--detach", redis_url=redis_server.url)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.split()[1]
+    settings = Settings.from_env()
+    dispatcher = CeleryDispatcher(make_app(settings.__class__(**{**settings.__dict__,
+                                                                 "redis_url": redis_server.url})))
+    for page in range(1, 301):
+        dispatcher.send_page(job_id, page)
+    client = redis_server.client()
+    deadline = time.monotonic() + 120
+    while client.hget(f"hv:{{{job_id}}}:job", "state") != "done" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    out = tmp_path / "out"
+    before = {p.name: p.read_bytes() for p in out.glob("part-*")}
+    for page in range(1, 301):
+        dispatcher.send_page(job_id, page)
+    dispatcher.send_finalize(job_id)
+    time.sleep(3)
+    assert sum(client.llen(q) for q in client.keys("harvest*")) == 0, "duplicates consumed"
+    assert {p.name: p.read_bytes() for p in out.glob("part-*")} == before
+    assert_exactly_once(out, range(1, 301))
+    assert harvest("verify", str(out)).returncode == 0
+    logs = workers.logs()
+    assert "page.skipped" in logs
+
+
+def _part_hashes(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("part-*.jsonl.gz")}
+
+
+def test_finalizer_killed_midway_gives_the_same_output(api, job_file, harvest, redis_server,
+                                                        workers, tmp_path):
+    """Workers SIGKILLed while the finalizer is writing parts: once a worker is back, the
+    finalizer's lease runs out, it runs again and the parts written before the kill come out
+    byte-identical; the output is exact and a third run changes nothing."""
+    workers.env["HARVEST_PART_BYTES"] = "2048"  # many small parts: a long finalization
+    workers.start()
+    job = job_file(url=f"{api.url}/items", params={"per_page": 5, "pages": 3000},
+                   pagination='style = "page"\npages = 3000')
+    submitted = harvest("run", str(job), "--detach", redis_url=redis_server.url)
+    job_id = submitted.stdout.split()[1]
+    out = tmp_path / "out"
+    deadline = time.monotonic() + 180
+    while len(list(out.glob("part-*.jsonl.gz"))) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for process in workers.processes:
+        kill_tree(process.pid)
+    assert not (out / "_manifest.json").exists(), "the finalizer finished before the kill"
+    written = _part_hashes(out)
+    client = redis_server.client()
+    assert client.hget(f"hv:{{{job_id}}}:job", "state") == "finalizing"
+
+    workers.processes.clear()
+    workers.count = 1
+    workers.start()
+    deadline = time.monotonic() + 90
+    while client.hget(f"hv:{{{job_id}}}:job", "state") != "done" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert client.hget(f"hv:{{{job_id}}}:job", "state") == "done"
+    after = _part_hashes(out)
+    assert {name: after[name] for name in written} == written
+    assert_exactly_once(out, range(1, 3001))
+    assert harvest("verify", str(out)).returncode == 0
+
+    sealed = manifest(out)
+    again = harvest("finalize", job_id, redis_url=redis_server.url)
+    assert again.returncode == 0, again.stderr
+    assert manifest(out) == sealed and _part_hashes(out) == after
+    assert not (out / ".segments").exists()

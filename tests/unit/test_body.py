@@ -1,0 +1,138 @@
+"""harvester.body.BodyInspector: streamed validation of a response body, and the
+few scalar values pagination reads from it."""
+
+from __future__ import annotations
+
+import pytest
+
+from harvester.body import BodyInspector
+from harvester.errors import BodyError, InvalidJSON
+
+DOC = ('{"meta": {"total_pages": 12, "next_cursor": "c\\u00e9-2", "none": null,'
+       ' "flag": true}, "data": [{"id": 1, "name": "\u00e9t\u00e9 \u2603"}, {"id": 2}],'
+       ' "count": 34}').encode()
+
+
+def inspect(chunks, paths=()):
+    """Feed every chunk and return finish()'s values."""
+    inspector = BodyInspector(paths)
+    for chunk in chunks:
+        inspector.feed(chunk)
+    return inspector.finish()
+
+
+def test_whole_document_is_valid():
+    """A complete JSON document in one chunk passes; with no paths the result is empty."""
+    assert inspect([DOC]) == {}
+
+
+@pytest.mark.parametrize("paths", [(), ("meta.total_pages",)], ids=["no-paths", "paths"])
+def test_every_two_chunk_split(paths):
+    """Split at every byte boundary (including inside UTF-8 sequences) the body still passes."""
+    for cut in range(len(DOC) + 1):
+        values = inspect([DOC[:cut], DOC[cut:]], paths)
+        if paths:
+            assert values == {"meta.total_pages": 12}, cut
+
+
+@pytest.mark.parametrize("paths", [(), ("meta.next_cursor", "count")], ids=["no-paths", "paths"])
+def test_one_byte_chunks(paths):
+    """Fed one byte at a time the body passes and the values are the same as in one chunk."""
+    assert inspect([DOC[i:i + 1] for i in range(len(DOC))], paths) == inspect([DOC], paths)
+
+
+def test_empty_chunks_are_ignored():
+    """Empty chunks in the stream change nothing."""
+    assert inspect([b"", DOC[:10], b"", DOC[10:], b""], ["count"]) == {"count": 34}
+
+
+def test_paths_extracted():
+    """Nested scalar values at the wanted dotted paths are returned with their JSON types."""
+    values = inspect([DOC], ["meta.total_pages", "meta.next_cursor", "meta.none", "meta.flag",
+                             "count"])
+    assert values == {"meta.total_pages": 12, "meta.next_cursor": "c\u00e9-2", "meta.none": None,
+                      "meta.flag": True, "count": 34}
+    assert type(values["meta.total_pages"]) is int
+
+
+def test_absent_path_is_absent():
+    """A path the body does not have is missing from the result (not None)."""
+    values = inspect([DOC], ["meta.total_pages", "meta.missing", "nope.deeper"])
+    assert values == {"meta.total_pages": 12}
+
+
+def test_non_scalar_path_is_absent():
+    """A path whose value is an object or array yields nothing."""
+    assert inspect([DOC], ["meta", "data"]) == {}
+
+
+def test_first_value_wins():
+    """When a path occurs more than once (array items), the first scalar is kept."""
+    assert inspect([b'{"data": [{"id": 1}, {"id": 2}]}'], ["data.item.id"]) == {"data.item.id": 1}
+
+
+@pytest.mark.parametrize("body", [
+    b"1", b"null", b'"text"', b"[]", b"{}", b'{"a":1}\n', b'  {"a": [1, 2.5, -3e2]}  \r\n',
+])
+def test_other_valid_documents(body):
+    """Any complete JSON value, with surrounding whitespace, is valid."""
+    assert inspect([body]) == {}
+
+
+INVALID_ON_FEED = [
+    pytest.param(b"<!DOCTYPE html><html><body>Service Unavailable</body></html>", id="html"),
+    pytest.param(b"<html><head><title>502</title></head></html>", id="html-bare"),
+    pytest.param(b'{"a":1} trailing', id="trailing-garbage"),
+    pytest.param(b'{"a":1}{"b":2}', id="two-documents"),
+    pytest.param(b'{"a":1,}', id="trailing-comma"),
+    pytest.param(b"{'a': 1}", id="single-quotes"),
+    pytest.param(b'{"a": NaN}', id="nan"),
+    pytest.param(b'{"a": "\xff"}', id="invalid-utf8"),
+    pytest.param(b"\xef\xbb\xbf{}", id="bom"),
+]
+
+
+@pytest.mark.parametrize("body", INVALID_ON_FEED)
+def test_invalid_json_raises(body):
+    """Invalid JSON raises InvalidJSON (a retryable BodyError) by finish at the latest."""
+    with pytest.raises(InvalidJSON) as info:
+        inspect([body])
+    assert isinstance(info.value, BodyError) and info.value.retryable
+    assert "not" in str(info.value) and "JSON" in str(info.value)
+
+
+@pytest.mark.parametrize("body", INVALID_ON_FEED)
+def test_invalid_json_raises_with_paths_too(body):
+    """The path-reading parser rejects the same bodies."""
+    with pytest.raises(InvalidJSON):
+        inspect([body], ["a"])
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param(DOC[:-1], id="missing-close"),
+    pytest.param(DOC[: len(DOC) // 2], id="half"),
+    pytest.param(b'{"a": "unterminated', id="in-string"),
+    pytest.param(b"[1, 2", id="array"),
+    pytest.param(b"   ", id="whitespace-only"),
+])
+@pytest.mark.parametrize("paths", [(), ("meta.total_pages",)], ids=["no-paths", "paths"])
+def test_truncated_json_raises_on_finish(body, paths):
+    """A body cut short is accepted chunk by chunk but finish() raises InvalidJSON."""
+    inspector = BodyInspector(paths)
+    inspector.feed(body)
+    with pytest.raises(InvalidJSON, match="not complete"):
+        inspector.finish()
+
+
+@pytest.mark.parametrize("chunks", [[], [b""], [b"", b""]])
+def test_empty_body_raises(chunks):
+    """A body with no bytes at all is not JSON."""
+    with pytest.raises(InvalidJSON, match="empty"):
+        inspect(chunks)
+
+
+def test_error_message_is_one_line():
+    """The message (which lands in _failed.jsonl) is a single line."""
+    with pytest.raises(InvalidJSON) as info:
+        inspect([b"<html>\n<body>oops</body>\n</html>"])
+    assert "\n" not in str(info.value)
