@@ -8,8 +8,10 @@ naming the file and the dotted key. ``${ENV}`` templates are kept verbatim
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
+from datetime import date, time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -112,10 +114,14 @@ Check = Callable[[Any], str | None]  # returns a complaint, or None when fine
 
 
 def _positive(value: Any) -> str | None:
+    if not math.isfinite(value):
+        return "must be a finite number"
     return None if value > 0 else "must be greater than 0"
 
 
 def _non_negative(value: Any) -> str | None:
+    if not math.isfinite(value):
+        return "must be a finite number"
     return None if value >= 0 else "must be 0 or more"
 
 
@@ -240,12 +246,28 @@ def _check_url(url: str, path: str, key: str) -> None:
         raise JobSpecError(f"must be an absolute http(s) URL (got {url!r})", path=path, key=key)
 
 
-def _check_string_table(table: dict, path: str, key: str) -> dict[str, str]:
+def _check_scalar_table(table: dict, path: str, key: str, *, numbers: bool) -> None:
+    allowed = (str, int, float) if numbers else (str,)
+    what = "a string or a number" if numbers else "a string"
     for name, value in table.items():
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise JobSpecError(f"must be a string or a number, not {type(value).__name__}",
+        if isinstance(value, bool) or not isinstance(value, allowed):
+            raise JobSpecError(f"must be {what}, not {type(value).__name__}",
                                path=path, key=f"{key}.{name}")
-    return table
+
+
+def _check_json_value(value: Any, path: str, key: str) -> None:
+    """TOML has dates and times; JSON does not. Refuse them where JSON is sent."""
+    if isinstance(value, (date, time)):
+        raise JobSpecError("dates and times cannot be sent as JSON; quote them as strings",
+                           path=path, key=key)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise JobSpecError("inf and nan cannot be sent as JSON", path=path, key=key)
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _check_json_value(item, path, f"{key}.{name}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_json_value(item, path, f"{key}[{index}]")
 
 
 def _check_pagination(p: dict[str, Any], output: dict[str, Any], path: str) -> None:
@@ -299,8 +321,10 @@ def parse_job(document: dict[str, Any], path: str = "<job>") -> JobSpec:
     job, pagination, output = tables["job"], tables["pagination"], tables["output"]
 
     _check_url(job["url"], path, "job.url")
-    _check_string_table(job.get("params", {}), path, "job.params")
-    _check_string_table(job.get("headers", {}), path, "job.headers")
+    _check_scalar_table(job.get("params", {}), path, "job.params", numbers=True)
+    _check_json_value(job.get("params", {}), path, "job.params")
+    _check_scalar_table(job.get("headers", {}), path, "job.headers", numbers=False)
+    _check_json_value(job.get("json"), path, "job.json")
     if "json" in job and job.get("method", "GET") != "POST":
         raise JobSpecError("is only sent with method = 'POST'", path=path, key="job.json")
     _check_pagination(pagination, output, path)

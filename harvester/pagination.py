@@ -14,6 +14,7 @@ delivery can at worst enqueue a duplicate that the ledger then drops.
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,8 +60,9 @@ def total_path(spec: JobSpec) -> str | None:
 def total_from_value(spec: JobSpec, value: Any) -> int:
     """The page count from the value found at :func:`total_path` on page 1."""
     p = spec.pagination
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 \
-            or value != int(value):
+    # The body parser reads non-integers as Decimal (exact), e.g. 3.0 or 1.5e3.
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)) \
+            or not math.isfinite(value) or value < 0 or value != int(value):
         raise PaginationError(f"{total_path(spec)} must be a whole number >= 0, got {value!r}")
     total = int(value) if p.style == "page" else math.ceil(int(value) / p.limit)
     # An API that reports 0 pages still answered page 1: the job has that one page.

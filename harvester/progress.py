@@ -36,7 +36,7 @@ class Rate:
 
 def describe(state: JobState, pages_per_second: float, bytes_per_second: float) -> str:
     done = state.committed + state.failed
-    total = f"{state.total}{'+' if state.open else ''}"
+    total = f"{state.total:,}{'+' if state.open else ''}"
     remaining = state.total - done
     eta = f"{remaining / pages_per_second:,.0f}s" if pages_per_second > 0 and remaining > 0 \
         else "-"

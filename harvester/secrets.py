@@ -48,8 +48,8 @@ def resolve(value: Any, env: Mapping[str, str] | None = None) -> Any:
         return TEMPLATE.sub(substitute, value)
     if isinstance(value, Mapping):
         return {resolve(k, env): resolve(v, env) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve(item, env) for item in value]
+    if isinstance(value, (list, tuple)):
+        return type(value)(resolve(item, env) for item in value)
     return value
 
 

@@ -82,7 +82,8 @@ def _check_shard(out_dir: Path, shard: dict, pages_mode: bool, seen: set[int],
                 data = block
                 while data:
                     in_member = True
-                    out = decompressor.decompress(data)
+                    # max_length keeps memory flat even for pages that compress 1000:1.
+                    out = decompressor.decompress(data, 1 << 20)
                     raw += len(out)
                     lines += line.feed(out, found_pages)
                     if decompressor.eof:
@@ -91,7 +92,7 @@ def _check_shard(out_dir: Path, shard: dict, pages_mode: bool, seen: set[int],
                         decompressor = zlib.decompressobj(31)
                         in_member = False
                     else:
-                        data = b""
+                        data = decompressor.unconsumed_tail
         if in_member:
             raise zlib.error("gzip stream ends mid-member: the shard is cut short")
         line.finish()

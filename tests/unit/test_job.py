@@ -348,24 +348,18 @@ def test_unknown_key_message_lists_known_keys():
     assert "unknown key" in str(err) and "name" in str(err) and "url" in str(err)
 
 
-# The validator accepts these, but they cannot run: see the report.
-@pytest.mark.xfail(strict=True, reason="job.py _check_string_table accepts numbers in [job].headers,"
-                   " which requests refuses (InvalidHeader) on every page")
+# Values TOML accepts but a request could never carry: refused up front.
 def test_numeric_header_value_is_rejected():
     """A header value that is a number is rejected up front (requests only sends strings)."""
     rejected(with_changes(job={"headers": {"X-Page-Size": 5}}), "job.headers.X-Page-Size")
 
 
-@pytest.mark.xfail(strict=True, reason="job.py accepts inf timeouts; socket.settimeout(inf)"
-                   " raises OverflowError on the worker")
 @pytest.mark.parametrize("key", ["timeout_connect", "timeout_read"])
 def test_infinite_timeout_is_rejected(key):
     """TOML's `inf` as a socket timeout is an impossible value, rejected at validation."""
     rejected(with_changes(http={key: float("inf")}), f"http.{key}")
 
 
-@pytest.mark.xfail(strict=True, reason="job.py accepts TOML dates inside [job].json; the spec"
-                   " then cannot be JSON-encoded (TypeError in ledger.create)")
 def test_json_body_with_toml_date_is_rejected_or_serialisable(tmp_path):
     """A TOML date inside the json body is either rejected naming job.json or survives JSON."""
     job = tmp_path / "j.toml"

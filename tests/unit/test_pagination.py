@@ -122,8 +122,6 @@ def test_total_from_value_rejects(pagination, value):
     assert info.value.retryable is False
 
 
-@pytest.mark.xfail(strict=True, reason="body.BodyInspector reads numbers with use_float=False"
-                   " (Decimal), and pagination.total_from_value rejects Decimal")
 def test_total_learnt_from_a_body_with_a_float_total():
     """A body reporting total_pages as 3.0 yields 3 pages through BodyInspector + total_from_value."""
     spec = make(PAGE_LEARNT)

@@ -103,8 +103,6 @@ def test_describe_thousands_separators():
     assert "9,876.5 MB" in line and "1,234.5 pages/s" in line
 
 
-@pytest.mark.xfail(strict=True, reason="progress.describe formats committed with ',' grouping"
-                   " but the total without: 'pages 1,234,567/2000000'")
 def test_describe_total_grouped_like_committed():
     """The total is grouped with commas like the done count next to it."""
     line = describe(state(total=2_000_000, committed=1_234_567), 1.0, 0.0)

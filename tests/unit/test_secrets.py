@@ -70,8 +70,6 @@ def test_resolve_defaults_to_os_environ(monkeypatch):
     assert resolve("x=${HARVEST_UNIT_SECRET}") == "x=from-env"
 
 
-@pytest.mark.xfail(strict=True, reason="secrets.resolve only recurses into list, while names_in"
-                   " also walks tuples: a tuple's templates are left unresolved")
 def test_resolve_tuple_like_names_in():
     """Whatever names_in finds inside a tuple is resolved too."""
     value = ("${TOKEN}",)

@@ -305,8 +305,6 @@ def test_raw_bytes_mismatch(tmp_path):
     assert len(found) == 1 and "raw bytes" in found[0]
 
 
-@pytest.mark.xfail(strict=True, reason="verify._check_shard calls decompress() without"
-                   " max_length: one 1 MiB compressed block is inflated whole in memory")
 def test_verify_memory_is_bounded_for_highly_compressible_pages(tmp_path):
     """Verifying a shard holding a 64 MB (whitespace-padded) page peaks well below 64 MB."""
     out = tmp_path / "out"
