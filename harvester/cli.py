@@ -25,6 +25,7 @@ from .progress import Progress
 from .settings import Settings
 
 EXIT_OK, EXIT_FAILED_PAGES, EXIT_USAGE, EXIT_BROKER, EXIT_ERROR = 0, 1, 2, 3, 4
+FINALIZE_ATTEMPTS = 3
 
 
 class Context:
@@ -178,6 +179,13 @@ def _watch(ctx: Context, job_id: str, *, local: bool) -> int:
                 break
             if ctx.cluster and ctx.cluster.workers and ctx.cluster.workers.failure:
                 raise LocalClusterError(ctx.cluster.workers.failure)
+            if state.state == "finalizing" and \
+                    int(ctx.ledger.field(job_id, "finalize_failures") or 0) >= FINALIZE_ATTEMPTS:
+                progress.close()
+                raise HarvesterError(
+                    f"the finalizer of {job_id} keeps failing:"
+                    f" {ctx.ledger.field(job_id, 'finalize_error')}. Fix the cause, then run"
+                    f" 'harvest finalize {job_id}{' --local' if local else ''}'.")
             if not local and not hinted and state.committed + state.failed == 0 \
                     and time.monotonic() - started > 30:
                 _err("no page done after 30 s: is a worker running? start one with"

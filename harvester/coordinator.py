@@ -44,8 +44,14 @@ def check_supported(spec: JobSpec, path: str) -> None:
                            path=path, key="output.mode")
 
 
-def prepare_output_dir(spec: JobSpec) -> Path:
-    """Create the output dir and make sure it is writable and holds no other job."""
+CLAIM_FILE = ".harvest-job"
+
+
+def prepare_output_dir(spec: JobSpec, job_id: str) -> Path:
+    """Create the output dir, check it is writable, and claim it for ``job_id``.
+
+    The claim is an exclusive create, so two jobs can never write one dir.
+    """
     out_dir = Path(spec.output.dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,14 +64,22 @@ def prepare_output_dir(spec: JobSpec) -> Path:
     if manifest is not None:
         raise OutputDirError(f"already holds job {manifest.get('job_id')}; choose another"
                              " output.dir or remove it", path=str(out_dir))
+    try:
+        fd = os.open(out_dir / CLAIM_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        owner = (out_dir / CLAIM_FILE).read_text(errors="replace").strip()
+        raise OutputDirError(f"is in use by job {owner}; choose another output.dir, or remove"
+                             f" {CLAIM_FILE} if that job is gone", path=str(out_dir)) from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(job_id + "\n")
     return out_dir
 
 
 def submit(spec: JobSpec, ledger: Ledger, dispatcher: Dispatcher, settings: Settings, *,
            local: bool = False, job_path: str = "<job>") -> str:
     check_supported(spec, job_path)
-    prepare_output_dir(spec)
     job_id = new_job_id(spec)
+    prepare_output_dir(spec, job_id)
     total = pagination.known_total(spec)
     open_ended = total is None
     pages = ledger.create_job(job_id, spec, total=total or 1, open_ended=open_ended,
@@ -98,9 +112,7 @@ def retry(job_id: str, ledger: Ledger, dispatcher: Dispatcher) -> int:
 
 
 def _finalize_now(job_id: str, ledger: Ledger, dispatcher: Dispatcher) -> None:
-    state = ledger.state(job_id)
-    if state.pending == 0 and not state.open:
-        ledger.redis.hset(f"{ledger.prefix(job_id)}:job", "state", "finalizing")
+    if ledger.finalize_if_complete(job_id):
         dispatcher.send_finalize(job_id)
 
 
@@ -109,23 +121,3 @@ def cancel(job_id: str, ledger: Ledger, dispatcher: Dispatcher) -> str:
     if result == "cancelled":
         dispatcher.send_finalize(job_id)
     return result
-
-
-def redis_url_for_display(url: str) -> str:
-    """The broker URL without its password, for messages."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = f"{parts.username or ''}:***@{parts.hostname}" + (
-            f":{parts.port}" if parts.port else "")
-        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-    return url
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True

@@ -116,6 +116,12 @@ def _make_plan(ledger: Ledger, job_id: str, out_dir: Path, generation: int,
     base = read_manifest(out_dir)
     if base is not None and base.get("job_id") != job_id:
         raise OutputDirError(f"already holds job {base.get('job_id')}", path=str(out_dir))
+    claim = out_dir / ".harvest-job"
+    owner = claim.read_text(errors="replace").strip() if claim.exists() else None
+    if owner != job_id:
+        raise OutputDirError(f"is claimed by job {owner}, not {job_id}" if owner else
+                             "lost its .harvest-job claim (was the dir removed mid-job?)",
+                             path=str(out_dir))
     sealed = ledger.sealed_segments(job_id)
     commits = [c for c in ledger.commits(job_id) if c.segment not in sealed]
     segments = ledger.segments(job_id)

@@ -302,6 +302,18 @@ class Ledger:
     def todo(self, job_id: str) -> list[int]:
         return [int(p) for p in self._call(self.redis.lrange, self._key(job_id, "todo"), 0, -1)]
 
+    def finalize_if_complete(self, job_id: str) -> bool:
+        """Hand a reopened job with nothing left to fetch straight to the finalizer."""
+        return self._run("finish_if_complete", [self._key(job_id, "job"),
+                                                self._key(job_id, "lease")],
+                         [now_ms() + self.lease_ms]) == 1
+
+    def record_finalizer_error(self, job_id: str, message: str) -> int:
+        pipe = self.redis.pipeline()
+        pipe.hset(self._key(job_id, "job"), "finalize_error", message[:1000])
+        pipe.hincrby(self._key(job_id, "job"), "finalize_failures", 1)
+        return int(self._call(pipe.execute)[1])
+
     def renew_finalizer(self, job_id: str) -> None:
         self.renew([(job_id, FINALIZER_PAGE)])
 
@@ -311,6 +323,7 @@ class Ledger:
         if sealed:
             pipe.sadd(self._key(job_id, "sealed"), *sealed)
         pipe.hset(self._key(job_id, "job"), mapping={"state": state, "sealed_gen": generation})
+        pipe.hdel(self._key(job_id, "job"), "finalize_error", "finalize_failures")
         pipe.delete(self._key(job_id, "lease"))
         pipe.srem("hv:active", job_id)
         self._call(pipe.execute)

@@ -9,6 +9,7 @@ import structlog
 from celery.signals import worker_process_init, worker_ready
 
 from harvester.dispatch import FINALIZE_TASK, PAGE_TASK, CeleryDispatcher
+from harvester.errors import HarvesterError
 from harvester.finalizer import finalize
 from harvester.heartbeat import Heartbeat
 from harvester.ledger import Ledger
@@ -52,6 +53,10 @@ def finalize_job(self, job_id: str) -> str:
     runner.in_flight.add(str(job_id), 0)
     try:
         return finalize(runner.ledger, str(job_id), part_bytes=runner.settings.part_bytes)
+    except (HarvesterError, OSError) as exc:
+        # Recorded for `harvest run`/`status` to show; the lease makes it run again.
+        runner.ledger.record_finalizer_error(str(job_id), f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         runner.in_flight.remove(str(job_id), 0)
 
