@@ -269,7 +269,7 @@ class PageRunner:
         jobs = self._local.jobs
         resources = jobs.get(job_id)
         if resources is None:
-            resources = jobs[job_id] = _JobResources(session=build_session(spec.http))
+            resources = jobs[job_id] = _JobResources(session=build_session(spec.http, spec.url))
             while len(jobs) > self.MAX_JOBS_PER_THREAD:
                 _close(jobs.popitem(last=False)[1])
         jobs.move_to_end(job_id)

@@ -22,6 +22,10 @@ from harvester import logs
 from harvester.dispatch import QUEUE
 from harvester.settings import Settings
 
+from . import broker
+
+broker.install()
+
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings.from_env()

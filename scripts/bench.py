@@ -1,0 +1,262 @@
+"""Harvester benchmark: speed and memory beside a hand-rolled baseline.
+
+Everything runs on this machine against one demo API process:
+
+- baseline: a ThreadPoolExecutor of 32 threads, each with its own retrying
+  requests.Session; it buffers every page in memory (validated with json.loads)
+  and writes them gzip'ed at the end.
+- harvester: `harvest run` against a private redis-server and `harvest worker`
+  processes started here (the same machinery as --local, kept running between
+  scenarios so start-up is not timed).
+
+Prints one table. Numbers depend on the machine; run `scripts/bench --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import psutil
+import redis
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support.demo import start_demo_api  # noqa: E402
+from support.services import RedisServer, Workers, tree_rss  # noqa: E402
+
+HARVEST = [sys.executable, "-m", "harvester.cli"]
+
+
+# ------------------------------------------------------------------ baseline
+
+def baseline(url: str, pages: int, params: dict, out: Path) -> dict:
+    """The seed baseline, run in a child process so its RSS is its own."""
+    local = threading.local()
+
+    def session() -> requests.Session:
+        if not hasattr(local, "session"):
+            s = requests.Session()
+            retry = Retry(total=5, backoff_factor=0.5, status_forcelist=[429, 500, 502, 503, 504])
+            s.mount("http://", HTTPAdapter(max_retries=retry))
+            local.session = s
+        return local.session
+
+    def fetch(page: int) -> bytes:
+        response = session().get(url, params={**params, "page": page}, timeout=(5, 30))
+        response.raise_for_status()
+        body = response.content
+        json.loads(body)
+        return body
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(32) as pool:
+        bodies = list(pool.map(fetch, range(1, pages + 1)))
+    with gzip.open(out, "wb", compresslevel=6) as handle:
+        for page, body in enumerate(bodies, 1):
+            handle.write(b'{"page":%d,"body":' % page + body.replace(b"\n", b" ") + b"}\n")
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "bytes": sum(map(len, bodies))}
+
+
+def run_baseline(url: str, pages: int, params: dict, workdir: Path) -> dict:
+    command = [sys.executable, __file__, "_baseline", url, str(pages), json.dumps(params),
+               str(workdir / "baseline.jsonl.gz")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    peak = _watch_rss(process)
+    result = json.loads(process.stdout.read())
+    process.wait()
+    result["peak_rss"] = peak
+    (workdir / "baseline.jsonl.gz").unlink(missing_ok=True)
+    return result
+
+
+# ----------------------------------------------------------------- harvester
+
+class Cluster:
+    def __init__(self, workdir: Path, workers: int, threads: int):
+        self.workdir = workdir
+        self.redis = RedisServer(workdir / "redis").start()
+        env = {**os.environ, "HARVEST_HOME": str(workdir / "home"), "HARVEST_LOG_LEVEL": "WARNING"}
+        self.env = {**env, "HARVEST_REDIS_URL": self.redis.url}
+        self.workers = Workers(self.redis.url, env, workdir / "logs", count=workers,
+                               threads=threads).start()
+        time.sleep(3)  # let the workers connect before anything is timed
+
+    def run(self, name: str, url: str, params: dict, pagination: str, sample_redis=False) -> dict:
+        out = self.workdir / f"out-{name}"
+        shutil.rmtree(out, ignore_errors=True)
+        job = self.workdir / f"{name}.toml"
+        params_toml = ", ".join(f"{k} = {json.dumps(v)}" for k, v in params.items())
+        job.write_text(f'[job]\nname = "{name}"\nurl = "{url}"\nparams = {{ {params_toml} }}\n'
+                       f'[pagination]\n{pagination}\n[http]\npage_deadline = 900\n'
+                       f'[output]\ndir = "{out}"\ncompress_level = 6\n')
+        client = self.redis.client()
+        redis_peak = [client.info("memory")["used_memory"]]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.wait(0.2):
+                redis_peak.append(client.info("memory")["used_memory"])
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        if sample_redis:
+            sampler.start()
+        started = time.perf_counter()
+        process = subprocess.Popen([*HARVEST, "run", str(job)], env=self.env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        peak_rss = 0
+        while process.poll() is None:
+            for proc in [process, *self.workers.processes]:
+                peak_rss = max(peak_rss, max(tree_rss(proc.pid).values(), default=0))
+            time.sleep(0.1)
+        wall = time.perf_counter() - started
+        stop.set()
+        if process.returncode != 0:
+            raise SystemExit(f"harvest run {name} failed: {process.stderr.read()[-2000:]}")
+        manifest = json.loads((out / "_manifest.json").read_text())
+        job_seconds = (_ts(manifest["finished_at"]) - _ts(manifest["started_at"]))
+        result = {"seconds": job_seconds, "wall": wall, "bytes": manifest["raw_bytes"],
+                  "peak_rss": peak_rss, "redis_peak": max(redis_peak),
+                  "pages": manifest["pages"]["ok"]}
+        shutil.rmtree(out, ignore_errors=True)
+        return result
+
+    def stop(self) -> None:
+        self.workers.stop()
+        self.redis.kill()
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _watch_rss(process: subprocess.Popen) -> int:
+    peak = 0
+    while process.poll() is None:
+        peak = max(peak, max(tree_rss(process.pid).values(), default=0))
+        time.sleep(0.05)
+    return peak
+
+
+def naive_enqueue_memory(pages: int, workdir: Path) -> int:
+    """Redis memory when every page's Celery message is enqueued up front."""
+    from harvester.dispatch import CeleryDispatcher
+    from harvester.settings import Settings
+    from workers.app import make_app
+
+    server = RedisServer(workdir / "naive-redis", appendonly=False).start()
+    try:
+        settings = Settings.from_env()
+        app = make_app(settings.__class__(**{**settings.__dict__, "redis_url": server.url}))
+        dispatcher = CeleryDispatcher(app)
+        before = server.client().info("memory")["used_memory"]
+        with app.producer_or_acquire() as producer:
+            for page in range(1, pages + 1):
+                app.send_task("harvester.page", args=["naive-job-20260101T000000-abcdef", page],
+                              queue="harvest", producer=producer)
+        del dispatcher
+        return server.client().info("memory")["used_memory"] - before
+    finally:
+        server.kill()
+
+
+# ------------------------------------------------------------------- report
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--small-pages", type=int, default=5000)
+    parser.add_argument("--mb-pages", type=int, default=300)
+    parser.add_argument("--big-bytes", type=int, default=1 << 30)
+    parser.add_argument("--redis-pages", type=int, default=200_000)
+    parser.add_argument("--skip", nargs="*", default=[],
+                        help="scenarios to skip: small mb big redis")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="harvest-bench-"))
+    rows: list[tuple[str, str, str, str]] = []
+    with start_demo_api() as api:
+        cluster = Cluster(workdir, args.workers, args.threads)
+        try:
+            if "small" not in args.skip:
+                params = {"per_page": 10, "pad": 950}
+                n = args.small_pages
+                base = run_baseline(f"{api.url}/items", n, {**params, "pages": n}, workdir)
+                ours = cluster.run("small", f"{api.url}/items", {**params, "pages": n},
+                                   f'style = "page"\npages = {n}')
+                size = ours["bytes"] / n
+                rows.append((f"{n:,} pages of {size / 1e3:.0f} KB: pages/s",
+                             f"{n / base['seconds']:,.0f}",
+                             f"{n / ours['seconds']:,.0f} (wall {n / ours['wall']:,.0f})",
+                             f"{base['seconds'] / ours['seconds']:.2f}x (target >= 1.3x)"))
+            if "mb" not in args.skip:
+                params = {"per_page": 1000, "pad": 950}
+                n = args.mb_pages
+                base = run_baseline(f"{api.url}/items", n, {**params, "pages": n}, workdir)
+                ours = cluster.run("mb", f"{api.url}/items", {**params, "pages": n},
+                                   f'style = "page"\npages = {n}')
+                rows.append((f"{n} pages of {ours['bytes'] / n / 1e6:.2f} MB: MB/s",
+                             f"{base['bytes'] / base['seconds'] / 1e6:,.1f}",
+                             f"{ours['bytes'] / ours['seconds'] / 1e6:,.1f}",
+                             f"{(ours['bytes'] / ours['seconds']) / (base['bytes'] / base['seconds']):.2f}x"
+                             " (target >= 8x)"))
+                rows.append(("  peak RSS", mb(base["peak_rss"]), mb(ours["peak_rss"]), ""))
+            if "big" not in args.skip:
+                size = args.big_bytes
+                base = run_baseline(f"{api.url}/big", 1, {"bytes": size}, workdir)
+                ours = cluster.run("big", f"{api.url}/big", {"bytes": size},
+                                   'style = "page"\npages = 1')
+                rows.append((f"one {size / 2**30:.2f} GiB page: MB/s",
+                             f"{base['bytes'] / base['seconds'] / 1e6:,.1f}",
+                             f"{ours['bytes'] / ours['seconds'] / 1e6:,.1f}",
+                             "target >= 60 MB/s"))
+                rows.append(("  peak RSS (largest process)", mb(base["peak_rss"]),
+                             mb(ours["peak_rss"]), "target < 100 MB"))
+            if "redis" not in args.skip:
+                n = args.redis_pages
+                naive = naive_enqueue_memory(n, workdir)
+                ours = cluster.run("redis", f"{api.url}/items", {"per_page": 1, "pages": n},
+                                   f'style = "page"\npages = {n}', sample_redis=True)
+                rows.append((f"{n:,}-page job: Redis peak memory", "n/a (no Redis)",
+                             mb(ours["redis_peak"]),
+                             f"all {n:,} messages enqueued up front: {mb(naive)}; target < 64 MB"))
+                rows.append(("  pages/s of that job", "", f"{n / ours['seconds']:,.0f}", ""))
+        finally:
+            cluster.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+    print(f"\nmachine: {os.cpu_count()} cores; harvester: {args.workers} worker processes x"
+          f" {args.threads} threads; baseline: 32 threads\n")
+    header = ("scenario", "baseline", "harvester", "ratio / target")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_baseline":
+        _, _, url, pages, params, out = sys.argv
+        print(json.dumps(baseline(url, int(pages), json.loads(params), Path(out))))
+    else:
+        main()
