@@ -31,19 +31,6 @@ def new_job_id(spec: JobSpec) -> str:
     return f"{spec.name}-{stamp}-{secrets.token_hex(3)}"
 
 
-def check_supported(spec: JobSpec, path: str) -> None:
-    """Refuse, before enqueueing, what this version cannot harvest yet."""
-    if not pagination.is_fan_out(spec):
-        raise JobSpecError(f"style {spec.pagination.style!r} is not supported by this version yet"
-                           " (supported: page, offset)", path=path, key="pagination.style")
-    if pagination.known_total(spec) is None and pagination.total_path(spec) is None:
-        raise JobSpecError("this version needs the page count up front: set pages/total or"
-                           " total_pages_path/total_path", path=path, key="pagination")
-    if spec.output.mode != "pages":
-        raise JobSpecError("mode 'records' is not supported by this version yet",
-                           path=path, key="output.mode")
-
-
 CLAIM_FILE = ".harvest-job"
 
 
@@ -77,10 +64,11 @@ def prepare_output_dir(spec: JobSpec, job_id: str) -> Path:
 
 def submit(spec: JobSpec, ledger: Ledger, dispatcher: Dispatcher, settings: Settings, *,
            local: bool = False, job_path: str = "<job>") -> str:
-    check_supported(spec, job_path)
     job_id = new_job_id(spec)
     prepare_output_dir(spec, job_id)
-    total = pagination.known_total(spec)
+    # A chain, or a fan-out that learns its total from page 1, starts with page 1
+    # alone; the pages it names (or counts) are added as it commits.
+    total = pagination.known_total(spec) if pagination.is_fan_out(spec) else None
     open_ended = total is None
     pages = ledger.create_job(job_id, spec, total=total or 1, open_ended=open_ended,
                               window=settings.window, local=local)
@@ -96,7 +84,10 @@ def retry(job_id: str, ledger: Ledger, dispatcher: Dispatcher) -> int:
     if state.state not in FINAL_STATES:
         raise HarvesterError(f"job {job_id} is still {state.state}; wait for it or cancel it")
     spec = ledger.spec(job_id)
-    reopen = pagination.total_path(spec) is not None and not ledger.is_committed(job_id, 1)
+    # A chain resumes from its failed page; a job that never learnt its total
+    # (page 1 failed) learns it now.
+    reopen = pagination.is_chain(spec) or (
+        pagination.total_path(spec) is not None and not ledger.is_committed(job_id, 1))
     result = ledger.reopen(job_id, open_ended=reopen)
     if result != "running":
         raise HarvesterError(f"job {job_id} could not be reopened (state {result})")

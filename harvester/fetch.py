@@ -87,6 +87,7 @@ class Response:
     attempts: int  # requests sent for this page by urllib3, including its retries
     headers: Any
     raw: Any
+    url: str  # the final URL (after redirects), resolved: never show it
 
 
 @contextmanager
@@ -112,7 +113,7 @@ def open_page(session: requests.Session, request: PageRequest, *, headers: dict[
             raise HTTPStatusError(f"HTTP {response.status_code} {response.reason or ''}".strip(),
                                   url=url, status=response.status_code, attempts=attempts)
         yield Response(status=response.status_code, attempts=attempts,
-                       headers=response.headers, raw=response.raw)
+                       headers=response.headers, raw=response.raw, url=response.url)
     finally:
         response.close()
 

@@ -11,6 +11,9 @@ Keys of job ``J`` (the ``{J}`` hash tag keeps them in one cluster slot)::
     hv:{J}:tries      hash    page -> tasks started for it (while unresolved)
     hv:{J}:lease      zset    page -> lease end (ms) for every queued or running page
     hv:{J}:todo       list    pages to claim before the sequential plan
+    hv:{J}:links      hash    page -> how to request it (cursor or URL), for chained
+                              pages not yet committed (so retry resumes a chain)
+    hv:{J}:seen       set     identities of every cursor/next URL followed (loop check)
     hv:jobs           zset    job id -> creation time
     hv:active         set     jobs not yet final (the reaper walks these)
 
@@ -23,6 +26,7 @@ module that talks to Redis, and it turns redis-py errors into
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -67,6 +71,16 @@ class Commit:
     def decode(cls, page: int, value: str) -> "Commit":
         segment, offset, length, raw, lines = (int(v) for v in value.split(":"))
         return cls(page, segment, offset, length, raw, lines)
+
+
+@dataclass(frozen=True)
+class Start:
+    """The answer to a worker that wants to begin a page."""
+
+    run: bool
+    reason: str = ""
+    tries: int = 0
+    link: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -206,13 +220,15 @@ class Ledger:
 
     # ----------------------------------------------------------------- pages
 
-    def start_page(self, job_id: str, page: int) -> tuple[bool, str | int]:
-        """Lease ``page`` to the caller: ``(True, tries)`` or ``(False, why not)``."""
-        verdict, detail = self._run(
-            "start", [self._key(job_id, "job"), self._key(job_id, "lease"),
-                      self._key(job_id, "tries")],
+    def start_page(self, job_id: str, page: int) -> "Start":
+        """Lease ``page`` to the caller, with its link if it is a chained page."""
+        result = self._run(
+            "start", [self._key(job_id, n) for n in ("job", "lease", "tries", "links")],
             [self.prefix(job_id), page, now_ms() + self.lease_ms])
-        return (verdict == "run", int(detail) if verdict == "run" else detail)
+        if result[0] != "run":
+            return Start(run=False, reason=result[1])
+        return Start(run=True, tries=int(result[1]),
+                     link=json.loads(result[2]) if result[2] else None)
 
     def register_segment(self, job_id: str, relative_path: str) -> int:
         seg_id = self._call(self.redis.hincrby, self._key(job_id, "job"), "next_segment", 1)
@@ -220,13 +236,21 @@ class Ledger:
         return int(seg_id)
 
     def commit(self, job_id: str, commit: Commit, *, total: int | None = None,
-               close: bool = False) -> tuple[str, list[int]]:
-        """The commit point. Returns the outcome and the pages the caller must enqueue."""
+               close: bool = False, next_link: dict[str, str] | None = None,
+               identity: str | None = None) -> tuple[str, list[int]]:
+        """The commit point. Returns the outcome and the pages the caller must enqueue.
+
+        ``next_link`` is how to request page ``commit.page + 1`` (chains);
+        ``identity`` is refused (outcome ``repeated``) if an earlier page saw it.
+        """
+        digest = hashlib.sha1(identity.encode()).hexdigest()[:24] if identity else ""
         result = self._run(
-            "commit", [self._key(job_id, n) for n in ("job", "lease", "tries", "failed", "todo")],
+            "commit", [self._key(job_id, n) for n in ("job", "lease", "tries", "failed", "todo",
+                                                        "links", "seen")],
             [self.prefix(job_id), commit.page, commit.encode(), commit.raw_bytes, commit.length,
              commit.lines, "" if total is None else total, "1" if close else "0",
-             now_ms() + self.queued_ms, now_ms() + self.lease_ms])
+             now_ms() + self.queued_ms, now_ms() + self.lease_ms,
+             json.dumps(next_link, separators=(",", ":")) if next_link else "", digest])
         return result[0], [int(p) for p in result[1:]]
 
     def fail(self, job_id: str, page: int, record: dict[str, Any], *,

@@ -18,29 +18,24 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import requests
 import structlog
 
 from . import pagination
 from .backoff import compute_backoff
-from .body import BodyInspector
 from .errors import JobNotFound, MissingSecretError, PageError, PaginationError, StorageError
 from .fetch import build_session, display_url, open_page, read_body
 from .job import JobSpec
 from .ledger import Commit, Ledger
-from .secrets import MissingSecret, resolve, secret_values
+from .pagebody import PageBody, is_json_lines
+from .pagination import Link
+from .secrets import MissingSecret, resolve, secret_values, templatize
 from .settings import Settings
 from .storage import SEGMENTS_DIR, SegmentWriter
 
 log = structlog.get_logger("harvester.page")
-
-# In valid JSON a raw CR or LF can only be insignificant whitespace (inside a
-# string they must be escaped), so mapping them to spaces keeps the body
-# byte-for-byte the same JSON value while putting it on one JSON Lines line.
-_ONE_LINE = bytes.maketrans(b"\r\n", b"  ")
-_BOM = b"\xef\xbb\xbf"
 
 
 class Dispatcher(Protocol):
@@ -91,7 +86,10 @@ class _ThreadResources(threading.local):
 @dataclass(frozen=True)
 class _Fetched:
     commit: Commit
-    total: int | None
+    total: int | None  # the job's page count, when this page tells it
+    close: bool  # no page can follow this one
+    next_link: Link | None  # the successor of a chained page
+    end_reason: str | None
     requests_sent: int
 
 
@@ -117,13 +115,14 @@ class PageRunner:
         except JobNotFound:
             log.warning("page.skipped", reason="job not found")
             return "missing"
-        may_run, detail = self.ledger.start_page(job_id, page)
-        if not may_run:
-            log.info("page.skipped", reason=detail)
-            return str(detail)
+        start = self.ledger.start_page(job_id, page)
+        if not start.run:
+            log.info("page.skipped", reason=start.reason)
+            return start.reason
         self.in_flight.add(job_id, page)
         try:
-            outcome, claimed = self._harvest(job_id, spec, page, task_try=int(detail))
+            outcome, claimed = self._harvest(job_id, spec, page, Link.from_dict(start.link),
+                                             task_try=start.tries)
         finally:
             self.in_flight.remove(job_id, page)
         for following in claimed:
@@ -139,8 +138,8 @@ class PageRunner:
 
     # ------------------------------------------------------------- page loop
 
-    def _harvest(self, job_id: str, spec: JobSpec, page: int, task_try: int
-                 ) -> tuple[str, list[int]]:
+    def _harvest(self, job_id: str, spec: JobSpec, page: int, link: Link | None,
+                 task_try: int) -> tuple[str, list[int]]:
         http = spec.http
         sent = 0
         attempt = 0
@@ -148,7 +147,7 @@ class PageRunner:
             attempt += 1
             structlog.contextvars.bind_contextvars(attempt=attempt, task_try=task_try)
             try:
-                fetched = self._fetch(job_id, spec, page)
+                fetched = self._fetch(job_id, spec, page, link)
             except (PageError, StorageError) as exc:
                 sent += getattr(exc, "attempts", 0) or 1
                 retryable = getattr(exc, "retryable", True)
@@ -159,11 +158,23 @@ class PageRunner:
                                 delay=round(delay, 3))
                     time.sleep(delay)
                     continue
-                return self._fail(job_id, spec, page, exc, sent)
+                return self._fail(job_id, spec, page, link, exc, sent)
             sent += fetched.requests_sent
-            # A total learnt from page 1 is final: no page beyond it can appear.
-            outcome, claimed = self.ledger.commit(job_id, fetched.commit, total=fetched.total,
-                                                  close=fetched.total is not None)
+            following = fetched.next_link
+            outcome, claimed = self.ledger.commit(
+                job_id, fetched.commit, total=fetched.total, close=fetched.close,
+                next_link=following.to_dict() if following else None,
+                identity=following.identity if following else None)
+            if outcome == "repeated":
+                self._discard_last(job_id, fetched.commit)
+                what = following.cursor if following.cursor is not None else following.url
+                return self._fail(job_id, spec, page, link, PaginationError(
+                    f"the next {'cursor' if following.cursor is not None else 'URL'} {what!r}"
+                    " was already followed earlier in this job: the API is looping;"
+                    " stopping here instead", url=display_url(
+                        pagination.request_for(spec, page, link))), sent)
+            if fetched.end_reason:
+                log.info("chain.ended", reason=fetched.end_reason)
             if outcome in ("duplicate", "closed"):
                 # Someone else committed it, or the job was cancelled: the bytes
                 # we wrote are never referenced, so give the space back.
@@ -173,12 +184,13 @@ class PageRunner:
                      requests=sent)
             return outcome, claimed
 
-    def _fail(self, job_id: str, spec: JobSpec, page: int, exc: Exception, sent: int
-              ) -> tuple[str, list[int]]:
+    def _fail(self, job_id: str, spec: JobSpec, page: int, link: Link | None, exc: Exception,
+              sent: int) -> tuple[str, list[int]]:
         status = getattr(exc, "status", None)
         record = {
             "page": page,
-            "url": getattr(exc, "url", None) or display_url(pagination.request_for(spec, page)),
+            "url": getattr(exc, "url", None) or display_url(
+                pagination.request_for(spec, page, link)),
             "attempts": sent,
             "status": status,
             "error": getattr(exc, "reason", None) if status is None else str(status),
@@ -194,14 +206,16 @@ class PageRunner:
 
     @staticmethod
     def _closes_on_failure(spec: JobSpec, page: int) -> bool:
-        # Page 1 of a job that learns its total from page 1: nothing can follow.
-        return page == 1 and pagination.total_path(spec) is not None
+        # A failed chain page names no successor; nor does a failed page 1 of a
+        # job that learns its total from page 1. retry reopens both.
+        return pagination.is_chain(spec) or (page == 1 and pagination.total_path(spec) is not None)
 
     # ------------------------------------------------------------ the fetch
 
-    def _fetch(self, job_id: str, spec: JobSpec, page: int) -> _Fetched:
-        request = pagination.request_for(spec, page)
+    def _fetch(self, job_id: str, spec: JobSpec, page: int, link: Link | None) -> _Fetched:
+        request = pagination.request_for(spec, page, link)
         url = display_url(request)
+        pagination.check_origin(spec, request.url)
         try:
             resolved = pagination.PageRequest(
                 method=request.method, url=resolve(request.url), params=resolve(request.params),
@@ -212,7 +226,6 @@ class PageRunner:
                 f"environment variable {exc.args[0]} is not set on worker {self.worker_name}",
                 url=url) from None
         hidden = secret_values([spec.url, spec.params, spec.headers, spec.json])
-        wanted_total = pagination.total_path(spec) if page == 1 else None
         resources = self._resources(job_id, spec)
         deadline = time.monotonic() + spec.http.page_deadline
 
@@ -221,35 +234,52 @@ class PageRunner:
             segment = self._segment(job_id, spec, resources)
             member = segment.begin_page(spec.output.compress_level)
             try:
-                member.write(_line_prefix(page, url, response.status))
-                inspector = BodyInspector([wanted_total] if wanted_total else ())
-                first = True
+                body = PageBody(
+                    write=member.write, records_mode=spec.output.mode == "records",
+                    records_path=spec.records_path,
+                    value_paths=pagination.wanted_values(spec, page),
+                    count_records=pagination.counts_records(spec),
+                    json_lines=is_json_lines(response.headers.get("Content-Type")),
+                    line_prefix=_line_prefix(page, url, response.status))
                 for chunk in read_body(response, deadline=deadline, http=spec.http, url=url,
                                        secrets=hidden):
-                    if first:
-                        chunk = chunk.removeprefix(_BOM)
-                        first = False
-                    inspector.feed(chunk)
-                    member.write(chunk.translate(_ONE_LINE))
+                    body.feed(chunk)
                 try:
-                    values = inspector.finish()
+                    result = body.finish()
                 except PageError as exc:
                     exc.url, exc.status = url, response.status
                     raise
-                total = None
-                if wanted_total:
-                    if wanted_total not in values:
-                        raise PaginationError(f"page 1 has no value at {wanted_total!r}", url=url,
-                                            status=response.status)
-                    total = pagination.total_from_value(spec, values[wanted_total])
-                member.write(b"}\n")
+                fetched = self._what_follows(spec, page, url, resolved.url, response, result)
                 location = member.commit()
             except BaseException:
                 member.abort()
                 raise
         commit = Commit(page=page, segment=resources.segment_id, offset=location.offset,
-                        length=location.length, raw_bytes=location.raw_bytes, lines=1)
-        return _Fetched(commit=commit, total=total, requests_sent=response.attempts)
+                        length=location.length, raw_bytes=location.raw_bytes, lines=result.lines)
+        return _Fetched(commit=commit, requests_sent=response.attempts, **fetched)
+
+    @staticmethod
+    def _what_follows(spec: JobSpec, page: int, url: str, request_url: str, response: Any,
+                      result: Any) -> dict[str, Any]:
+        if pagination.is_fan_out(spec):
+            wanted = pagination.total_path(spec) if page == 1 else None
+            if not wanted:
+                return {"total": None, "close": False, "next_link": None, "end_reason": None}
+            if wanted not in result.values:
+                raise PaginationError(f"page 1 has no value at {wanted!r}", url=url,
+                                      status=response.status)
+            # A total learnt from page 1 is final: no page beyond it can appear.
+            total = pagination.total_from_value(spec, result.values[wanted])
+            return {"total": total, "close": True, "next_link": None, "end_reason": None}
+        following = pagination.next_after(spec, page, response.url or request_url, result.values,
+                                          response.headers.get("Link"), result.records)
+        if following.link is None:
+            return {"total": None, "close": True, "next_link": None,
+                    "end_reason": following.end_reason}
+        link = following.link
+        if link.url is not None:
+            link = Link(url=templatize(link.url, [spec.url, spec.params, spec.headers, spec.json]))
+        return {"total": page + 1, "close": False, "next_link": link, "end_reason": None}
 
     def _discard_last(self, job_id: str, commit: Commit) -> None:
         resources = self._local.jobs.get(job_id)

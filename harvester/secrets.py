@@ -69,3 +69,20 @@ def redact(text: str, secrets: list[str]) -> str:
             if form:
                 text = text.replace(form, REDACTED)
     return text
+
+
+def templatize(text: str, value: Any, env: Mapping[str, str] | None = None) -> str:
+    """``text`` with each secret of ``value``'s templates turned back into ``${NAME}``.
+
+    APIs often echo every query parameter into their next links, credentials
+    included; a link is stored only after this.
+    """
+    from urllib.parse import quote, quote_plus
+
+    env = os.environ if env is None else env
+    names = sorted((n for n in names_in(value) if env.get(n)), key=lambda n: -len(env[n]))
+    for name in names:
+        secret = env[name]
+        for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+            text = text.replace(form, "${" + name + "}")
+    return text

@@ -1,13 +1,21 @@
 -- The commit point of a page: first writer wins, duplicates are refused.
--- KEYS: job, lease, tries, failed, todo.
+-- KEYS: job, lease, tries, failed, todo, links, seen.
 -- ARGV: prefix, page, location, raw_bytes, gz_bytes, lines, total_or_empty,
---       close ('1' when no page can follow), queued_until, finalizer_until.
--- Returns {outcome, claimed pages...}; outcome is committed|last|duplicate|closed.
+--       close ('1' when no page can follow), queued_until, finalizer_until,
+--       next_link ('' or the successor's link, JSON), identity ('' or the link's
+--       identity, which must not repeat within the job).
+-- Returns {outcome, claimed pages...};
+-- outcome is committed|last|duplicate|closed|repeated.
 local job, lease, page = KEYS[1], KEYS[2], ARGV[2]
 if redis.call('HGET', job, 'state') ~= 'running' then return {'closed'} end
-if redis.call('HSETNX', bucket_key(ARGV[1], page), page, ARGV[3]) == 0 then
-  return {'duplicate'}
+if redis.call('HEXISTS', bucket_key(ARGV[1], page), page) == 1 then return {'duplicate'} end
+if ARGV[12] ~= '' and redis.call('SISMEMBER', KEYS[7], ARGV[12]) == 1 then
+  return {'repeated'}
 end
+redis.call('HSET', bucket_key(ARGV[1], page), page, ARGV[3])
+if ARGV[12] ~= '' then redis.call('SADD', KEYS[7], ARGV[12]) end
+redis.call('HDEL', KEYS[6], page)
+if ARGV[11] ~= '' then redis.call('HSET', KEYS[6], tonumber(page) + 1, ARGV[11]) end
 if redis.call('HDEL', KEYS[4], page) == 1 then redis.call('HINCRBY', job, 'failed', -1) end
 redis.call('ZREM', lease, page)
 redis.call('HDEL', KEYS[3], page)
@@ -16,7 +24,8 @@ redis.call('HINCRBY', job, 'raw_bytes', ARGV[4])
 redis.call('HINCRBY', job, 'gz_bytes', ARGV[5])
 redis.call('HINCRBY', job, 'lines', ARGV[6])
 if ARGV[7] ~= '' and redis.call('HGET', job, 'open') == '1' then
-  redis.call('HSET', job, 'total', ARGV[7])
+  local known = tonumber(redis.call('HGET', job, 'total'))
+  redis.call('HSET', job, 'total', math.max(known, tonumber(ARGV[7])))
 end
 if ARGV[8] == '1' then redis.call('HSET', job, 'open', '0') end
 if maybe_finish(job, lease, ARGV[10]) then return {'last'} end
