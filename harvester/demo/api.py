@@ -5,10 +5,13 @@ Endpoints (every body is deterministic; see :mod:`harvester.demo.data`):
 - ``GET /items?page&per_page&pages&pad`` and ``POST /items`` (JSON body): page style
 - ``GET /offset?offset&limit&total&pad``: offset style
 - ``GET /cursor?cursor&per_page&pages&pad&cursor_last``: cursor style
-- ``GET /next?page&per_page&pages&pad&relative``: next_url style
+- ``GET /next?page&per_page&pages&pad&relative&link_host``: next_url style (``link_host``
+  puts another host in absolute next links, as an API pointing elsewhere would)
 - ``GET /link?page&per_page&pages&pad``: RFC 8288 ``Link`` header
 - ``GET /jsonl?page&per_page&pages&pad``: JSON Lines with a ``Link`` header
-- ``GET /big?bytes&cursor_last``: one streamed JSON object of exactly ``bytes`` bytes
+- ``GET /big?bytes&cursor_last&next_cursor``: one streamed JSON object of exactly ``bytes``
+  bytes (``meta.next_cursor`` set to ``next_cursor``; a request with ``cursor`` gets a
+  small last page)
 - ``/_admin/{stats,reset,faults,health}``: never authenticated, never counted
 
 Hot paths avoid per-request work: page endpoints are plain Starlette routes
@@ -211,7 +214,9 @@ def _page_url(request: Request, params: dict[str, str], page: int, relative: boo
     path_and_query = f"{request.scope['path']}?{urlencode(target)}"
     if relative:
         return path_and_query
-    host = request.headers.get("host") or "{}:{}".format(*request.scope["server"])
+    # ``link_host`` lets a test point next links at another origin.
+    host = (params.get("link_host") or request.headers.get("host")
+            or "{}:{}".format(*request.scope["server"]))
     return f"{request.scope['scheme']}://{host}{path_and_query}"
 
 
@@ -367,7 +372,11 @@ def create_app(config: DemoConfig) -> FastAPI:
     async def get_big(request: Request) -> Response:
         params = _query(request)
         size = _int(params, "bytes", 1 << 20)
-        return _serve(state, "/big", 1, big_body(size, _flag(params, "cursor_last", True)))
+        if params.get("cursor"):
+            # The page a big body's next_cursor points to: small, and the last.
+            return _serve(state, "/big", 2, big_body(0, True))
+        return _serve(state, "/big", 1, big_body(size, _flag(params, "cursor_last", True),
+                                                 params.get("next_cursor") or None))
 
     # Plain Starlette routes: the handlers read the raw query string
     # themselves, so FastAPI's per-request dependency solving would be pure cost.

@@ -168,14 +168,17 @@ _BIG_META = b'"meta":{"total_pages":1,"next_cursor":null}'
 
 
 @functools.cache
-def _big_frame(cursor_last: bool) -> tuple[bytes, bytes]:
+def _big_frame(cursor_last: bool, next_cursor: str | None = None) -> tuple[bytes, bytes]:
     """What comes before the first record and after the last one."""
+    meta = _BIG_META if next_cursor is None else json.dumps(
+        {"meta": {"total_pages": 1, "next_cursor": next_cursor}}, separators=(",", ":")
+    ).encode()[1:-1]
     if cursor_last:
-        return b'{"data":[', b"]," + _BIG_META + b"}"
-    return b"{" + _BIG_META + b',"data":[', b"]}"
+        return b'{"data":[', b"]," + meta + b"}"
+    return b"{" + meta + b',"data":[', b"]}"
 
 
-def big_body(target_bytes: int, cursor_last: bool = True) -> Body:
+def big_body(target_bytes: int, cursor_last: bool = True, next_cursor: str | None = None) -> Body:
     """One valid JSON object of exactly ``target_bytes`` bytes (or the smallest possible, if fewer).
 
     Shape: ``{"data": [records...], "meta": {"total_pages": 1, "next_cursor": null}}``
@@ -185,7 +188,7 @@ def big_body(target_bytes: int, cursor_last: bool = True) -> Body:
     length exact. Nothing but the last chunk is allocated per request.
     """
     block = _record_block()
-    head, tail = _big_frame(cursor_last)
+    head, tail = _big_frame(cursor_last, next_cursor)
     budget = target_bytes - len(head) - len(tail)
 
     # Whole blocks: the first costs len(block.data), each further one a comma more.
