@@ -190,8 +190,9 @@ def main() -> None:
     parser.add_argument("--mb-pages", type=int, default=300)
     parser.add_argument("--big-bytes", type=int, default=1 << 30)
     parser.add_argument("--redis-pages", type=int, default=200_000)
+    parser.add_argument("--chain-pages", type=int, default=2000)
     parser.add_argument("--skip", nargs="*", default=[],
-                        help="scenarios to skip: small mb big redis")
+                        help="scenarios to skip: small mb big redis chain")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="harvest-bench-"))
@@ -242,6 +243,18 @@ def main() -> None:
                              mb(ours["redis_peak"]),
                              f"all {n:,} messages enqueued up front: {mb(naive)}; target < 64 MB"))
                 rows.append(("  pages/s of that job", "", f"{n / ours['seconds']:,.0f}", ""))
+            if "chain" not in args.skip:
+                n = args.chain_pages
+                with start_demo_api(latency_ms=20) as slow:
+                    params = {"per_page": 10, "pages": n}
+                    chain = cluster.run("chain", f"{slow.url}/cursor", params,
+                                        'style = "cursor"\ncursor_path = "meta.next_cursor"')
+                    fan = cluster.run("fanout", f"{slow.url}/items", params,
+                                      f'style = "page"\npages = {n}')
+                rows.append((f"{n:,} pages, API latency 20 ms: pages/s", "",
+                             f"cursor chain {n / chain['seconds']:,.1f}; page style"
+                             f" {n / fan['seconds']:,.0f}",
+                             "a chain is sequential: one page at a time"))
         finally:
             cluster.stop()
     shutil.rmtree(workdir, ignore_errors=True)

@@ -4,7 +4,8 @@ Endpoints (every body is deterministic; see :mod:`harvester.demo.data`):
 
 - ``GET /items?page&per_page&pages&pad`` and ``POST /items`` (JSON body): page style
 - ``GET /offset?offset&limit&total&pad``: offset style
-- ``GET /cursor?cursor&per_page&pages&pad&cursor_last``: cursor style
+- ``GET /cursor?cursor&per_page&pages&pad&cursor_last&loop_at``: cursor style (``loop_at=K``
+  makes page K repeat page 2's cursor)
 - ``GET /next?page&per_page&pages&pad&relative&link_host``: next_url style (``link_host``
   puts another host in absolute next links, as an API pointing elsewhere would)
 - ``GET /link?page&per_page&pages&pad``: RFC 8288 ``Link`` header
@@ -318,10 +319,13 @@ def create_app(config: DemoConfig) -> FastAPI:
             raise BadRequest(str(error)) from None
         _, per_page, pages, pad = _paging(params)
         cursor_last = _flag(params, "cursor_last", False)
+        # ``loop_at=K``: page K names page 2's cursor again, as a buggy API would.
+        loop_at = _int(params, "loop_at", 0)
 
         def build() -> bytes:
             data = page_records(page, per_page, pages, pad)
-            meta = {"next_cursor": encode_cursor(page + 1) if page < pages else None}
+            following = 2 if page == loop_at else page + 1
+            meta = {"next_cursor": encode_cursor(following) if page < pages else None}
             return encode_json(
                 {"data": data, "meta": meta} if cursor_last else {"meta": meta, "data": data}
             )
@@ -330,7 +334,7 @@ def create_app(config: DemoConfig) -> FastAPI:
             state,
             "/cursor",
             page,
-            cached(("cursor", page, per_page, pages, pad, cursor_last), build),
+            cached(("cursor", page, per_page, pages, pad, cursor_last, loop_at), build),
         )
 
     async def get_next(request: Request) -> Response:

@@ -212,3 +212,19 @@ def test_next_link_to_another_origin_fails_that_page(cluster, harvest, tmp_path)
         assert "no request was sent" in failed[0]["message"]
         assert elsewhere.stats()["requests"] == 0
         assert sorted(read_pages(tmp_path / "out")[0]) == [1]
+
+
+def test_repeated_cursor_fails_the_page_instead_of_looping(api, cluster, harvest, tmp_path):
+    """An API whose page 5 hands back page 2's cursor: page 5 fails with a message saying the
+    API is looping, the job ends (exit 1) instead of walking the loop, pages 1-4 are kept."""
+    redis_server, _ = cluster
+    job = _job(tmp_path / "job.toml", url=f"{api.url}/cursor",
+               params={"per_page": PER_PAGE, "pages": 30, "loop_at": 5},
+               pagination='style = "cursor"\ncursor_path = "meta.next_cursor"')
+    result = harvest("run", str(job), redis_url=redis_server.url)
+    assert result.returncode == 1, result.stderr
+    failed = failed_lines(tmp_path / "out")
+    assert [f["page"] for f in failed] == [5]
+    assert "already followed" in failed[0]["message"] and "'c2'" in failed[0]["message"]
+    assert sorted(read_pages(tmp_path / "out")[0]) == [1, 2, 3, 4]
+    assert api.stats()["by_page"].get("/cursor:6") is None, "the loop was not followed"
