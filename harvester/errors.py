@@ -11,6 +11,7 @@ carries the context a person needs to act on it::
     ├── LocalClusterError       --local could not start redis-server or workers
     ├── StorageError            a shard or segment could not be written or read
     ├── VerifyError             an output dir does not match its manifest
+    ├── Abandoned               a stopping worker hands its page back unfinished
     └── PageError               one page could not be harvested (has .retryable)
         ├── TransportError      connect/DNS/TLS failure, or retries exhausted
         ├── HTTPStatusError     a non-2xx status after urllib3's retries
@@ -83,6 +84,15 @@ class VerifyError(HarvesterError):
         super().__init__(f"{directory}: " + "; ".join(problems))
 
 
+class Abandoned(HarvesterError):
+    """The worker is stopping (SIGTERM): the page goes back to the queue unfinished."""
+
+    def __init__(self, job_id: str, page: int):
+        self.job_id = job_id
+        self.page = page
+        super().__init__(f"page {page} of {job_id} handed back: the worker is stopping")
+
+
 class PageError(HarvesterError):
     """One page failed. ``retryable`` tells the page loop whether to try again."""
 
@@ -109,7 +119,10 @@ class TransportError(PageError):
 
 
 class HTTPStatusError(PageError):
+    """A non-2xx status. Whether to retry depends on the job's ``retry_statuses``."""
+
     retryable = False
+    retry_after: float | None = None  # seconds, from a Retry-After header
 
 
 class BodyError(PageError):

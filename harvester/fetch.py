@@ -27,6 +27,7 @@ from urllib3.exceptions import (DecodeError, IncompleteRead, ProtocolError, Read
                                 SSLError)
 from urllib3.util.retry import Retry
 
+from .backoff import parse_retry_after
 from .errors import (DeadlineExceeded, HTTPStatusError, PageError, TransportError,
                      TruncatedBody)
 from .job import HttpSpec
@@ -38,7 +39,11 @@ USER_AGENT = "harvester/0.1 (+https://github.com/harvester)"
 
 
 def build_session(http: HttpSpec, origin_url: str, pool_size: int = 4) -> requests.Session:
-    """A Session whose adapter retries connects and ``retry_statuses`` per ``[http]``.
+    """A Session whose adapter retries connection errors per ``[http]``.
+
+    Statuses are *not* retried here: each attempt must pass the cluster-wide
+    limiter and a Retry-After must pause the whole job, so the page loop retries
+    them (see :mod:`harvester.runner`).
 
     Proxy and CA-bundle settings are read from the environment once, here:
     with ``trust_env`` requests re-reads the whole environment on every request
@@ -48,14 +53,13 @@ def build_session(http: HttpSpec, origin_url: str, pool_size: int = 4) -> reques
         total=http.retries,
         connect=http.retries,
         read=http.retries,
-        status=http.retries,
+        status=0,
         other=0,
+        redirect=10,
         backoff_factor=http.backoff_factor,
         backoff_max=http.backoff_max,
-        status_forcelist=http.retry_statuses,
         allowed_methods=None,  # POST pages are idempotent reads: retry them too.
-        respect_retry_after_header=True,
-        raise_on_status=False,  # hand back the last response so its status is reported
+        raise_on_status=False,
     )
     adapter = HTTPAdapter(max_retries=retry, pool_connections=pool_size, pool_maxsize=pool_size)
     session = requests.Session()
@@ -110,8 +114,10 @@ def open_page(session: requests.Session, request: PageRequest, *, headers: dict[
         history = getattr(response.raw, "retries", None)
         attempts = 1 + (len(history.history) if history is not None else 0)
         if not 200 <= response.status_code < 300:
-            raise HTTPStatusError(f"HTTP {response.status_code} {response.reason or ''}".strip(),
-                                  url=url, status=response.status_code, attempts=attempts)
+            error = HTTPStatusError(f"HTTP {response.status_code} {response.reason or ''}".strip(),
+                                    url=url, status=response.status_code, attempts=attempts)
+            error.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            raise error
         yield Response(status=response.status_code, attempts=attempts,
                        headers=response.headers, raw=response.raw, url=response.url)
     finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 
 import structlog
 
@@ -25,11 +26,12 @@ log = structlog.get_logger("harvester.heartbeat")
 
 class Heartbeat(threading.Thread):
     def __init__(self, ledger: Ledger, dispatcher: Dispatcher, in_flight: InFlight,
-                 *, lease_seconds: float):
+                 *, lease_seconds: float, renew_slots: Callable[[], None] = lambda: None):
         super().__init__(name="harvester-heartbeat", daemon=True)
         self.ledger = ledger
         self.dispatcher = dispatcher
         self.in_flight = in_flight
+        self.renew_slots = renew_slots
         self.interval = max(0.2, lease_seconds / 3)
         self._stopping = threading.Event()
 
@@ -44,6 +46,7 @@ class Heartbeat(threading.Thread):
 
     def beat(self) -> None:
         self.ledger.renew(self.in_flight.snapshot())
+        self.renew_slots()
         for job_id in self.ledger.active_jobs():
             for page in self.ledger.reap(job_id):
                 log.warning("lease.expired", job_id=job_id, page=page)

@@ -131,10 +131,11 @@ class Ledger:
     def prefix(job_id: str) -> str:
         return f"hv:{{{job_id}}}"
 
-    def _key(self, job_id: str, name: str) -> str:
+    def key(self, job_id: str, name: str) -> str:
         return f"{self.prefix(job_id)}:{name}"
 
-    def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
+    def run_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run ``lua/<name>.lua`` (with the prelude); redis errors become ours."""
         script = self._scripts.get(name)
         if script is None:
             script = self._scripts[name] = self.redis.register_script(_script_source(name))
@@ -166,28 +167,28 @@ class Ledger:
             "local": "1" if local else "0", "sealed_gen": 0, "cancelled": "0",
         }
         pipe = self.redis.pipeline()
-        pipe.hset(self._key(job_id, "job"), mapping=fields)
+        pipe.hset(self.key(job_id, "job"), mapping=fields)
         pipe.zadd("hv:jobs", {job_id: created})
         pipe.sadd("hv:active", job_id)
         self._call(pipe.execute)
         return self.fill(job_id)
 
     def fill(self, job_id: str) -> list[int]:
-        return [int(p) for p in self._run(
-            "fill", [self._key(job_id, "job"), self._key(job_id, "lease"),
-                     self._key(job_id, "todo")],
+        return [int(p) for p in self.run_script(
+            "fill", [self.key(job_id, "job"), self.key(job_id, "lease"),
+                     self.key(job_id, "todo")],
             [self.prefix(job_id), now_ms() + self.queued_ms])]
 
     def spec(self, job_id: str) -> JobSpec:
-        raw = self._call(self.redis.hget, self._key(job_id, "job"), "spec")
+        raw = self._call(self.redis.hget, self.key(job_id, "job"), "spec")
         if raw is None:
             raise JobNotFound(job_id)
         return JobSpec.from_dict(json.loads(raw))
 
     def state(self, job_id: str) -> JobState:
         pipe = self.redis.pipeline()
-        pipe.hgetall(self._key(job_id, "job"))
-        pipe.zcard(self._key(job_id, "lease"))
+        pipe.hgetall(self.key(job_id, "job"))
+        pipe.zcard(self.key(job_id, "lease"))
         fields, in_flight = self._call(pipe.execute)
         if not fields:
             raise JobNotFound(job_id)
@@ -204,11 +205,11 @@ class Ledger:
         )
 
     def field(self, job_id: str, name: str) -> str | None:
-        return self._call(self.redis.hget, self._key(job_id, "job"), name)
+        return self._call(self.redis.hget, self.key(job_id, "job"), name)
 
     def set_once(self, job_id: str, name: str, value: str) -> str:
         """Set a job field unless set already; returns the value that stands."""
-        key = self._key(job_id, "job")
+        key = self.key(job_id, "job")
         self._call(self.redis.hsetnx, key, name, value)
         return self._call(self.redis.hget, key, name)
 
@@ -222,8 +223,8 @@ class Ledger:
 
     def start_page(self, job_id: str, page: int) -> "Start":
         """Lease ``page`` to the caller, with its link if it is a chained page."""
-        result = self._run(
-            "start", [self._key(job_id, n) for n in ("job", "lease", "tries", "links")],
+        result = self.run_script(
+            "start", [self.key(job_id, n) for n in ("job", "lease", "tries", "links")],
             [self.prefix(job_id), page, now_ms() + self.lease_ms])
         if result[0] != "run":
             return Start(run=False, reason=result[1])
@@ -231,8 +232,8 @@ class Ledger:
                      link=json.loads(result[2]) if result[2] else None)
 
     def register_segment(self, job_id: str, relative_path: str) -> int:
-        seg_id = self._call(self.redis.hincrby, self._key(job_id, "job"), "next_segment", 1)
-        self._call(self.redis.hset, self._key(job_id, "segs"), seg_id, relative_path)
+        seg_id = self._call(self.redis.hincrby, self.key(job_id, "job"), "next_segment", 1)
+        self._call(self.redis.hset, self.key(job_id, "segs"), seg_id, relative_path)
         return int(seg_id)
 
     def commit(self, job_id: str, commit: Commit, *, total: int | None = None,
@@ -244,8 +245,8 @@ class Ledger:
         ``identity`` is refused (outcome ``repeated``) if an earlier page saw it.
         """
         digest = hashlib.sha1(identity.encode()).hexdigest()[:24] if identity else ""
-        result = self._run(
-            "commit", [self._key(job_id, n) for n in ("job", "lease", "tries", "failed", "todo",
+        result = self.run_script(
+            "commit", [self.key(job_id, n) for n in ("job", "lease", "tries", "failed", "todo",
                                                         "links", "seen")],
             [self.prefix(job_id), commit.page, commit.encode(), commit.raw_bytes, commit.length,
              commit.lines, "" if total is None else total, "1" if close else "0",
@@ -255,8 +256,8 @@ class Ledger:
 
     def fail(self, job_id: str, page: int, record: dict[str, Any], *,
              close: bool = False) -> tuple[str, list[int]]:
-        result = self._run(
-            "fail", [self._key(job_id, n) for n in ("job", "lease", "failed", "todo")],
+        result = self.run_script(
+            "fail", [self.key(job_id, n) for n in ("job", "lease", "failed", "todo")],
             [self.prefix(job_id), page, json.dumps(record, separators=(",", ":")),
              "1" if close else "0", now_ms() + self.queued_ms, now_ms() + self.lease_ms])
         return result[0], [int(p) for p in result[1:]]
@@ -268,32 +269,32 @@ class Ledger:
         until = now_ms() + self.lease_ms
         pipe = self.redis.pipeline(transaction=False)
         for job_id, page in leases:
-            pipe.zadd(self._key(job_id, "lease"), {str(page): until}, xx=True)
+            pipe.zadd(self.key(job_id, "lease"), {str(page): until}, xx=True)
         self._call(pipe.execute)
 
     def reap(self, job_id: str, limit: int = 100) -> list[int]:
         """Pages whose lease expired, now leased to the caller to re-send."""
-        pages = self._run("reap", [self._key(job_id, "job"), self._key(job_id, "lease")],
+        pages = self.run_script("reap", [self.key(job_id, "job"), self.key(job_id, "lease")],
                           [now_ms(), now_ms() + self.lease_ms * 2, limit])
         return [int(p) for p in pages]
 
     def tries(self, job_id: str, page: int) -> int:
-        return int(self._call(self.redis.hget, self._key(job_id, "tries"), page) or 0)
+        return int(self._call(self.redis.hget, self.key(job_id, "tries"), page) or 0)
 
     # ------------------------------------------------------- job-wide actions
 
     def cancel(self, job_id: str) -> str:
-        return self._run("cancel", [self._key(job_id, n) for n in ("job", "lease", "todo")],
+        return self.run_script("cancel", [self.key(job_id, n) for n in ("job", "lease", "todo")],
                          [now_ms() + self.lease_ms])
 
     def reopen(self, job_id: str, *, open_ended: bool) -> str:
-        result = self._run("reopen", [self._key(job_id, n) for n in ("job", "failed", "todo",
+        result = self.run_script("reopen", [self.key(job_id, n) for n in ("job", "failed", "todo",
                                                                        "tries")],
                            ["1" if open_ended else "0"])
         if result == "running":
             pipe = self.redis.pipeline()
             pipe.sadd("hv:active", job_id)
-            pipe.hdel(self._key(job_id, "job"), "finished_at")
+            pipe.hdel(self.key(job_id, "job"), "finished_at")
             self._call(pipe.execute)
         return result
 
@@ -314,28 +315,28 @@ class Ledger:
 
     def segments(self, job_id: str) -> dict[int, str]:
         return {int(k): v for k, v in self._call(self.redis.hgetall,
-                                                 self._key(job_id, "segs")).items()}
+                                                 self.key(job_id, "segs")).items()}
 
     def sealed_segments(self, job_id: str) -> set[int]:
-        return {int(s) for s in self._call(self.redis.smembers, self._key(job_id, "sealed"))}
+        return {int(s) for s in self._call(self.redis.smembers, self.key(job_id, "sealed"))}
 
     def failures(self, job_id: str) -> dict[int, dict[str, Any]]:
-        entries = self._call(self.redis.hgetall, self._key(job_id, "failed"))
+        entries = self._call(self.redis.hgetall, self.key(job_id, "failed"))
         return {int(page): json.loads(record) for page, record in entries.items()}
 
     def todo(self, job_id: str) -> list[int]:
-        return [int(p) for p in self._call(self.redis.lrange, self._key(job_id, "todo"), 0, -1)]
+        return [int(p) for p in self._call(self.redis.lrange, self.key(job_id, "todo"), 0, -1)]
 
     def finalize_if_complete(self, job_id: str) -> bool:
         """Hand a reopened job with nothing left to fetch straight to the finalizer."""
-        return self._run("finish_if_complete", [self._key(job_id, "job"),
-                                                self._key(job_id, "lease")],
+        return self.run_script("finish_if_complete", [self.key(job_id, "job"),
+                                                self.key(job_id, "lease")],
                          [now_ms() + self.lease_ms]) == 1
 
     def record_finalizer_error(self, job_id: str, message: str) -> int:
         pipe = self.redis.pipeline()
-        pipe.hset(self._key(job_id, "job"), "finalize_error", message[:1000])
-        pipe.hincrby(self._key(job_id, "job"), "finalize_failures", 1)
+        pipe.hset(self.key(job_id, "job"), "finalize_error", message[:1000])
+        pipe.hincrby(self.key(job_id, "job"), "finalize_failures", 1)
         return int(self._call(pipe.execute)[1])
 
     def renew_finalizer(self, job_id: str) -> None:
@@ -345,10 +346,10 @@ class Ledger:
         """Record a finished finalization: segments sealed, job final."""
         pipe = self.redis.pipeline()
         if sealed:
-            pipe.sadd(self._key(job_id, "sealed"), *sealed)
-        pipe.hset(self._key(job_id, "job"), mapping={"state": state, "sealed_gen": generation})
-        pipe.hdel(self._key(job_id, "job"), "finalize_error", "finalize_failures")
-        pipe.delete(self._key(job_id, "lease"))
+            pipe.sadd(self.key(job_id, "sealed"), *sealed)
+        pipe.hset(self.key(job_id, "job"), mapping={"state": state, "sealed_gen": generation})
+        pipe.hdel(self.key(job_id, "job"), "finalize_error", "finalize_failures")
+        pipe.delete(self.key(job_id, "lease"))
         pipe.srem("hv:active", job_id)
         self._call(pipe.execute)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets as token_source
 import socket
 import threading
@@ -25,10 +26,12 @@ import structlog
 
 from . import pagination
 from .backoff import compute_backoff
-from .errors import JobNotFound, MissingSecretError, PageError, PaginationError, StorageError
+from .errors import (Abandoned, HTTPStatusError, JobNotFound, MissingSecretError, PageError,
+                     PaginationError, StorageError)
 from .fetch import build_session, display_url, open_page, read_body
 from .job import JobSpec
 from .ledger import Commit, Ledger
+from .limits import RequestLimiter
 from .pagebody import PageBody, is_json_lines
 from .pagination import Link
 from .secrets import MissingSecret, resolve, secret_values, templatize
@@ -36,6 +39,9 @@ from .settings import Settings
 from .storage import SEGMENTS_DIR, SegmentWriter
 
 log = structlog.get_logger("harvester.page")
+
+
+MAX_RETRY_AFTER = 900.0
 
 
 class Dispatcher(Protocol):
@@ -102,6 +108,11 @@ class PageRunner:
         self.dispatcher = dispatcher
         self.settings = settings
         self.in_flight = InFlight()
+        self.limiter = RequestLimiter(ledger, slot_seconds=settings.lease_seconds)
+        # Longest job-wide pause a Retry-After may impose: waiting happens inside
+        # the task, which must finish well within kombu's visibility timeout.
+        self.max_pause = max(1.0, min(MAX_RETRY_AFTER, settings.visibility_timeout / 4))
+        self.stopping = threading.Event()
         self.worker_name = worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self._local = _ThreadResources()
         self._specs: dict[str, JobSpec] = {}
@@ -150,13 +161,12 @@ class PageRunner:
                 fetched = self._fetch(job_id, spec, page, link)
             except (PageError, StorageError) as exc:
                 sent += getattr(exc, "attempts", 0) or 1
-                retryable = getattr(exc, "retryable", True)
-                if retryable and attempt <= http.retries:
-                    delay = compute_backoff(attempt, factor=http.backoff_factor,
-                                            maximum=http.backoff_max)
+                if self._retryable(exc, spec) and attempt <= http.retries:
+                    delay = self._delay_before_retry(job_id, spec, exc, attempt)
                     log.warning("page.retry", error=type(exc).__name__, message=str(exc),
-                                delay=round(delay, 3))
-                    time.sleep(delay)
+                                delay=round(delay, 3), status=getattr(exc, "status", None))
+                    if self.stopping.wait(delay):
+                        raise Abandoned(job_id, page)
                     continue
                 return self._fail(job_id, spec, page, link, exc, sent)
             sent += fetched.requests_sent
@@ -183,6 +193,26 @@ class PageRunner:
                      raw_bytes=fetched.commit.raw_bytes, gz_bytes=fetched.commit.length,
                      requests=sent)
             return outcome, claimed
+
+    @staticmethod
+    def _retryable(exc: Exception, spec: JobSpec) -> bool:
+        if isinstance(exc, HTTPStatusError):
+            return exc.status in spec.http.retry_statuses
+        return getattr(exc, "retryable", True)
+
+    def _delay_before_retry(self, job_id: str, spec: JobSpec, exc: Exception,
+                            attempt: int) -> float:
+        """Backoff with jitter; a 429/503 Retry-After pauses the whole job instead."""
+        http = spec.http
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None and getattr(exc, "status", None) in (429, 503):
+            pause = min(retry_after, self.max_pause)
+            self.limiter.pause(job_id, pause)
+            log.warning("job.paused", seconds=round(pause, 3), status=exc.status)
+            # The limiter holds every request until the pause ends; this worker
+            # adds a little jitter of its own on top, never instead.
+            return random.uniform(0, min(1.0, http.backoff_factor))
+        return compute_backoff(attempt, factor=http.backoff_factor, maximum=http.backoff_max)
 
     def _fail(self, job_id: str, spec: JobSpec, page: int, link: Link | None, exc: Exception,
               sent: int) -> tuple[str, list[int]]:
@@ -229,6 +259,19 @@ class PageRunner:
         resources = self._resources(job_id, spec)
         deadline = time.monotonic() + spec.http.page_deadline
 
+        try:
+            slot = self.limiter.acquire(job_id, spec.limits, self.stopping.is_set)
+        except InterruptedError:
+            raise Abandoned(job_id, page) from None
+        try:
+            return self._request(job_id, spec, page, url, resolved, headers, hidden,
+                                 resources, deadline)
+        finally:
+            self.limiter.release(slot)
+
+    def _request(self, job_id: str, spec: JobSpec, page: int, url: str,
+                 resolved: pagination.PageRequest, headers: dict[str, str], hidden: list[str],
+                 resources: _JobResources, deadline: float) -> _Fetched:
         with open_page(resources.session, resolved, headers=headers, http=spec.http, url=url,
                        secrets=hidden) as response:
             segment = self._segment(job_id, spec, resources)
@@ -243,6 +286,8 @@ class PageRunner:
                     line_prefix=_line_prefix(page, url, response.status))
                 for chunk in read_body(response, deadline=deadline, http=spec.http, url=url,
                                        secrets=hidden):
+                    if self.stopping.is_set():
+                        raise Abandoned(job_id, page)
                     body.feed(chunk)
                 try:
                     result = body.finish()

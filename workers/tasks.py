@@ -6,10 +6,11 @@ import threading
 from functools import cache
 
 import structlog
-from celery.signals import worker_process_init, worker_ready
+from celery.exceptions import Reject
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 from harvester.dispatch import FINALIZE_TASK, PAGE_TASK, CeleryDispatcher
-from harvester.errors import HarvesterError
+from harvester.errors import Abandoned, HarvesterError
 from harvester.finalizer import finalize
 from harvester.heartbeat import Heartbeat
 from harvester.ledger import Ledger
@@ -30,8 +31,8 @@ def _runner() -> PageRunner:
                                  queued_seconds=settings.queued_seconds)
         dispatcher = CeleryDispatcher(app)
         runner = PageRunner(ledger, dispatcher, settings)
-        Heartbeat(ledger, dispatcher, runner.in_flight,
-                  lease_seconds=settings.lease_seconds).start()
+        Heartbeat(ledger, dispatcher, runner.in_flight, lease_seconds=settings.lease_seconds,
+                  renew_slots=runner.limiter.renew).start()
         return runner
 
 
@@ -43,7 +44,18 @@ def _bind(**context: object) -> None:
 @app.task(name=PAGE_TASK, bind=True)
 def harvest_page(self, job_id: str, page: int) -> str:
     _bind(job_id=str(job_id), page=int(page), task_id=self.request.id)
-    return _runner().run(str(job_id), int(page))
+    try:
+        return _runner().run(str(job_id), int(page))
+    except Abandoned:
+        # Back to the queue now, not after a lease or the visibility timeout.
+        raise Reject("worker stopping", requeue=True) from None
+
+
+@worker_shutting_down.connect
+def _hand_pages_back(**_: object) -> None:
+    # SIGTERM: running pages stop at their next chunk and are requeued.
+    if _runner.cache_info().currsize:
+        _runner().stopping.set()
 
 
 @app.task(name=FINALIZE_TASK, bind=True)

@@ -88,6 +88,8 @@ class Stats:
         # Requests still running survive a reset, so the peak restarts from them.
         self.max_in_flight = self.in_flight
         self.times: deque[float] = deque(maxlen=MAX_RECENT_TIMES)
+        # (monotonic time, path, page, kind) of every fault served, for timing tests.
+        self.faults: deque[tuple[float, str, int, str]] = deque(maxlen=MAX_RECENT_TIMES)
 
     def started(self, path: str) -> None:
         self.requests += 1
@@ -111,6 +113,7 @@ class Stats:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "times": list(self.times),
+            "faults": list(self.faults),
         }
 
 
@@ -242,6 +245,7 @@ def _serve(
     state.stats.page_served(path, page)
     rule = state.faults.pick(path, page)
     if rule is not None:
+        state.stats.faults.append((time.monotonic(), path, page, rule.kind))
         return fault_response(rule, body, headers)
     if body.content is not None:
         return Response(body.content, 200, headers, body.media_type)
