@@ -34,11 +34,8 @@ def new_job_id(spec: JobSpec) -> str:
 CLAIM_FILE = ".harvest-job"
 
 
-def prepare_output_dir(spec: JobSpec, job_id: str) -> Path:
-    """Create the output dir, check it is writable, and claim it for ``job_id``.
-
-    The claim is an exclusive create, so two jobs can never write one dir.
-    """
+def check_output_dir(spec: JobSpec, job_path: str | None = None) -> Path:
+    """Create the output dir and check it is writable and free, before anything is enqueued."""
     out_dir = Path(spec.output.dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -46,11 +43,23 @@ def prepare_output_dir(spec: JobSpec, job_id: str) -> Path:
             pass
     except OSError as exc:
         raise JobSpecError(f"output dir {out_dir} is not writable: {exc.strerror or exc}",
-                           key="output.dir") from None
+                           path=job_path, key="output.dir") from None
     manifest = read_manifest(out_dir)
     if manifest is not None:
         raise OutputDirError(f"already holds job {manifest.get('job_id')}; choose another"
                              " output.dir or remove it", path=str(out_dir))
+    claim = out_dir / CLAIM_FILE
+    if claim.exists():
+        owner = claim.read_text(errors="replace").strip()
+        raise OutputDirError(f"is in use by job {owner}; choose another output.dir, or remove"
+                             f" {CLAIM_FILE} if that job is gone", path=str(out_dir))
+    return out_dir
+
+
+def claim_output_dir(spec: JobSpec, job_id: str, job_path: str | None = None) -> Path:
+    """Claim the output dir for ``job_id``: an exclusive create, so two jobs can never
+    write one dir even when they start at the same moment."""
+    out_dir = check_output_dir(spec, job_path)
     try:
         fd = os.open(out_dir / CLAIM_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
@@ -65,7 +74,7 @@ def prepare_output_dir(spec: JobSpec, job_id: str) -> Path:
 def submit(spec: JobSpec, ledger: Ledger, dispatcher: Dispatcher, settings: Settings, *,
            local: bool = False, job_path: str = "<job>") -> str:
     job_id = new_job_id(spec)
-    prepare_output_dir(spec, job_id)
+    claim_output_dir(spec, job_id, job_path)
     # A chain, or a fan-out that learns its total from page 1, starts with page 1
     # alone; the pages it names (or counts) are added as it commits.
     total = pagination.known_total(spec) if pagination.is_fan_out(spec) else None
