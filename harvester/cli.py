@@ -19,10 +19,10 @@ from . import coordinator, logs
 from .errors import (BrokerUnavailable, HarvesterError, JobNotFound, JobSpecError,
                      LocalClusterError, OutputDirError, VerifyError)
 from .job import load_job
-from .ledger import JobState, Ledger
+from .ledger import JobState
 from .local import LocalCluster
 from .progress import Progress
-from .settings import Settings
+from .settings import Settings, ledger_for
 
 EXIT_OK, EXIT_FAILED_PAGES, EXIT_USAGE, EXIT_BROKER, EXIT_ERROR = 0, 1, 2, 3, 4
 FINALIZE_ATTEMPTS = 3
@@ -38,8 +38,7 @@ class Context:
 
         self.settings = settings
         self.cluster = cluster
-        self.ledger = Ledger.from_url(settings.redis_url, lease_seconds=settings.lease_seconds,
-                                      queued_seconds=settings.queued_seconds)
+        self.ledger = ledger_for(settings)
         self.ledger.ping()
         self.app = make_app(settings)
         self.dispatcher = CeleryDispatcher(self.app)
@@ -172,9 +171,30 @@ def _watch(ctx: Context, job_id: str, *, local: bool) -> int:
     progress = Progress()
     started = time.monotonic()
     hinted = False
+    broker_down_since: float | None = None
+    # Poll with short waits, so an outage is reported while it lasts.
+    ctx.ledger.wait_seconds = 1.0
     try:
         while True:
-            state = ctx.ledger.state(job_id)
+            try:
+                state = ctx.ledger.state(job_id)
+            except BrokerUnavailable as exc:
+                # Redis restarting or unreachable: the workers wait for it too.
+                if broker_down_since is None:
+                    broker_down_since = time.monotonic()
+                    _err(f"Redis is unreachable ({exc}); waiting for it...")
+                time.sleep(1)
+                continue
+            except JobNotFound:
+                progress.close()
+                raise HarvesterError(
+                    f"Redis no longer has job {job_id}: it was restarted without persistence,"
+                    " or flushed. Nothing of this job is reported as done; its pages sit"
+                    " unsealed in the output dir's .segments. Run the job again into an empty"
+                    " output dir (and run Redis with appendonly yes).") from None
+            if broker_down_since is not None:
+                _err(f"Redis is back after {time.monotonic() - broker_down_since:.0f} s")
+                broker_down_since = None
             progress.update(state)
             if state.final:
                 break

@@ -15,6 +15,8 @@ PAGE_TASK = "harvester.page"
 FINALIZE_TASK = "harvester.finalize"
 QUEUE = "harvest"
 NORMAL, URGENT = 6, 0
+# The Redis lists kombu keeps for QUEUE, one per priority step (0, 3, 6, 9).
+QUEUE_KEYS = [QUEUE] + [f"{QUEUE}\x06\x16{step}" for step in (3, 6, 9)]
 
 
 class CeleryDispatcher:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import structlog
 
+from .dispatch import QUEUE_KEYS
 from .errors import HarvesterError
 from .ledger import FINALIZER_PAGE, Ledger
 from .runner import Dispatcher, InFlight
@@ -48,7 +49,7 @@ class Heartbeat(threading.Thread):
         self.ledger.renew(self.in_flight.snapshot())
         self.renew_slots()
         for job_id in self.ledger.active_jobs():
-            for page in self.ledger.reap(job_id):
+            for page in self.ledger.reap(job_id, QUEUE_KEYS):
                 log.warning("lease.expired", job_id=job_id, page=page)
                 if page == FINALIZER_PAGE:
                     self.dispatcher.send_finalize(job_id)

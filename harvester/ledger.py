@@ -14,6 +14,8 @@ Keys of job ``J`` (the ``{J}`` hash tag keeps them in one cluster slot)::
     hv:{J}:links      hash    page -> how to request it (cursor or URL), for chained
                               pages not yet committed (so retry resumes a chain)
     hv:{J}:seen       set     identities of every cursor/next URL followed (loop check)
+    hv:{J}:claims     hash    page -> pages its commit claimed (to replay a lost reply)
+    hv:{J}:owner      hash    page -> the worker running it (unset while only queued)
     hv:jobs           zset    job id -> creation time
     hv:active         set     jobs not yet final (the reaper walks these)
 
@@ -36,9 +38,12 @@ from importlib.resources import files
 from typing import Any
 
 import redis
+import structlog
 
 from .errors import BrokerUnavailable, JobNotFound
 from .job import JobSpec
+
+log = structlog.get_logger("harvester.ledger")
 
 FINAL_STATES = ("done", "failed", "cancelled")
 BUCKET = 128
@@ -112,14 +117,17 @@ class Ledger:
     """All Redis I/O of the harvester (except Celery's own)."""
 
     def __init__(self, client: redis.Redis, *, lease_seconds: float = 15.0,
-                 queued_seconds: float = 900.0):
+                 queued_seconds: float = 900.0, wait_seconds: float = 120.0):
         self.redis = client
         self.lease_ms = int(lease_seconds * 1000)
         self.queued_ms = int(queued_seconds * 1000)
+        # How long a call waits for Redis to come back (restart, failover, network).
+        self.wait_seconds = wait_seconds
         self._scripts: dict[str, Any] = {}
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> "Ledger":
+        """A ledger on ``url``; ``redis://``, ``rediss://`` (TLS), passwords and ACL users."""
         client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
                                       socket_timeout=30, health_check_interval=15,
                                       retry_on_timeout=True)
@@ -141,16 +149,28 @@ class Ledger:
             script = self._scripts[name] = self.redis.register_script(_script_source(name))
         return self._call(script, keys=keys, args=args)
 
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            url = _describe_connection(self.redis)
-            raise BrokerUnavailable(url, str(exc).splitlines()[0] if str(exc) else
-                                    type(exc).__name__) from None
+    def _call(self, fn: Any, *args: Any, wait: bool = True, **kwargs: Any) -> Any:
+        """Call redis-py, waiting up to ``wait_seconds`` for Redis to come back.
+
+        Every ledger script is safe to run twice (a commit whose reply was lost
+        is recognised by its location, see :meth:`commit`).
+        """
+        deadline = time.monotonic() + (self.wait_seconds if wait else 0)
+        delay = 0.1
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                if time.monotonic() + delay > deadline:
+                    raise BrokerUnavailable(_describe_connection(self.redis), reason) from None
+                log.warning("redis.unavailable", reason=reason, retry_in=round(delay, 2))
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def ping(self) -> None:
-        self._call(self.redis.ping)
+        """Fail at once (no waiting) when no Redis answers: the CLI's first contact."""
+        self._call(self.redis.ping, wait=False)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -221,11 +241,11 @@ class Ledger:
 
     # ----------------------------------------------------------------- pages
 
-    def start_page(self, job_id: str, page: int) -> "Start":
-        """Lease ``page`` to the caller, with its link if it is a chained page."""
+    def start_page(self, job_id: str, page: int, worker: str = "?") -> "Start":
+        """Lease ``page`` to ``worker``, with its link if it is a chained page."""
         result = self.run_script(
-            "start", [self.key(job_id, n) for n in ("job", "lease", "tries", "links")],
-            [self.prefix(job_id), page, now_ms() + self.lease_ms])
+            "start", [self.key(job_id, n) for n in ("job", "lease", "tries", "links", "owner")],
+            [self.prefix(job_id), page, now_ms() + self.lease_ms, worker])
         if result[0] != "run":
             return Start(run=False, reason=result[1])
         return Start(run=True, tries=int(result[1]),
@@ -247,17 +267,21 @@ class Ledger:
         digest = hashlib.sha1(identity.encode()).hexdigest()[:24] if identity else ""
         result = self.run_script(
             "commit", [self.key(job_id, n) for n in ("job", "lease", "tries", "failed", "todo",
-                                                        "links", "seen")],
+                                                       "links", "seen", "claims", "owner")],
             [self.prefix(job_id), commit.page, commit.encode(), commit.raw_bytes, commit.length,
              commit.lines, "" if total is None else total, "1" if close else "0",
              now_ms() + self.queued_ms, now_ms() + self.lease_ms,
              json.dumps(next_link, separators=(",", ":")) if next_link else "", digest])
+        if result[0] == "duplicate" and result[1:] and result[1] == commit.encode():
+            # Our own commit, whose reply was lost (Redis restarted or the connection
+            # dropped) and which ran again: it stands, with the pages it claimed then.
+            return "committed", [int(p) for p in result[2:]]
         return result[0], [int(p) for p in result[1:]]
 
     def fail(self, job_id: str, page: int, record: dict[str, Any], *,
              close: bool = False) -> tuple[str, list[int]]:
         result = self.run_script(
-            "fail", [self.key(job_id, n) for n in ("job", "lease", "failed", "todo")],
+            "fail", [self.key(job_id, n) for n in ("job", "lease", "failed", "todo", "owner")],
             [self.prefix(job_id), page, json.dumps(record, separators=(",", ":")),
              "1" if close else "0", now_ms() + self.queued_ms, now_ms() + self.lease_ms])
         return result[0], [int(p) for p in result[1:]]
@@ -272,10 +296,14 @@ class Ledger:
             pipe.zadd(self.key(job_id, "lease"), {str(page): until}, xx=True)
         self._call(pipe.execute)
 
-    def reap(self, job_id: str, limit: int = 100) -> list[int]:
-        """Pages whose lease expired, now leased to the caller to re-send."""
-        pages = self.run_script("reap", [self.key(job_id, "job"), self.key(job_id, "lease")],
-                          [now_ms(), now_ms() + self.lease_ms * 2, limit])
+    def reap(self, job_id: str, queues: list[str], *, stale_seconds: float = 30.0,
+             limit: int = 100) -> list[int]:
+        """Pages to re-send (see ``lua/reap.lua``), now leased to the caller."""
+        now = now_ms()
+        pages = self.run_script(
+            "reap", [self.key(job_id, n) for n in ("job", "lease", "owner")] + queues,
+            [now, now + self.lease_ms * 2, limit, self.queued_ms, int(stale_seconds * 1000),
+             now + self.queued_ms])
         return [int(p) for p in pages]
 
     def tries(self, job_id: str, page: int) -> int:
@@ -349,7 +377,8 @@ class Ledger:
             pipe.sadd(self.key(job_id, "sealed"), *sealed)
         pipe.hset(self.key(job_id, "job"), mapping={"state": state, "sealed_gen": generation})
         pipe.hdel(self.key(job_id, "job"), "finalize_error", "finalize_failures")
-        pipe.delete(self.key(job_id, "lease"))
+        pipe.delete(self.key(job_id, "lease"), self.key(job_id, "claims"),
+                    self.key(job_id, "owner"))
         pipe.srem("hv:active", job_id)
         self._call(pipe.execute)
 

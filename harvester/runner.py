@@ -126,7 +126,7 @@ class PageRunner:
         except JobNotFound:
             log.warning("page.skipped", reason="job not found")
             return "missing"
-        start = self.ledger.start_page(job_id, page)
+        start = self.ledger.start_page(job_id, page, self.worker_name)
         if not start.run:
             log.info("page.skipped", reason=start.reason)
             return start.reason

@@ -34,6 +34,8 @@ class Settings:
     lease_seconds: float
     # How long a page may wait in the queue before the reaper re-sends it.
     queued_seconds: float
+    # How long a ledger call waits for Redis to come back before giving up.
+    redis_wait_seconds: float
     # kombu's visibility timeout: must exceed the longest page_deadline, or a
     # healthy long page would be redelivered while it runs.
     visibility_timeout: float
@@ -53,9 +55,19 @@ class Settings:
             window=_int("HARVEST_WINDOW", 256),
             lease_seconds=_float("HARVEST_LEASE_SECONDS", 15.0),
             queued_seconds=_float("HARVEST_QUEUED_SECONDS", 900.0),
+            redis_wait_seconds=_float("HARVEST_REDIS_WAIT", 120.0),
             visibility_timeout=_float("HARVEST_VISIBILITY_TIMEOUT", 3600.0),
             part_bytes=_int("HARVEST_PART_BYTES", 256 << 20),
             fsync=os.environ.get("HARVEST_FSYNC", "1") != "0",
             home=home,
             log_format=os.environ.get("HARVEST_LOG_FORMAT", "console"),
         )
+
+
+def ledger_for(settings: Settings):
+    """The ledger these settings describe (imported late: settings stay I/O-free)."""
+    from .ledger import Ledger
+
+    return Ledger.from_url(settings.redis_url, lease_seconds=settings.lease_seconds,
+                           queued_seconds=settings.queued_seconds,
+                           wait_seconds=settings.redis_wait_seconds)

@@ -13,9 +13,8 @@ from harvester.dispatch import FINALIZE_TASK, PAGE_TASK, CeleryDispatcher
 from harvester.errors import Abandoned, HarvesterError
 from harvester.finalizer import finalize
 from harvester.heartbeat import Heartbeat
-from harvester.ledger import Ledger
 from harvester.runner import PageRunner
-from harvester.settings import Settings
+from harvester.settings import Settings, ledger_for
 
 from .app import app
 
@@ -27,8 +26,7 @@ def _runner() -> PageRunner:
     """This process's runner and heartbeat, built on first use (after any fork)."""
     with _lock:
         settings = Settings.from_env()
-        ledger = Ledger.from_url(settings.redis_url, lease_seconds=settings.lease_seconds,
-                                 queued_seconds=settings.queued_seconds)
+        ledger = ledger_for(settings)
         dispatcher = CeleryDispatcher(app)
         runner = PageRunner(ledger, dispatcher, settings)
         Heartbeat(ledger, dispatcher, runner.in_flight, lease_seconds=settings.lease_seconds,

@@ -1,14 +1,22 @@
 -- The commit point of a page: first writer wins, duplicates are refused.
--- KEYS: job, lease, tries, failed, todo, links, seen.
+-- KEYS: job, lease, tries, failed, todo, links, seen, claims, owner.
 -- ARGV: prefix, page, location, raw_bytes, gz_bytes, lines, total_or_empty,
 --       close ('1' when no page can follow), queued_until, finalizer_until,
 --       next_link ('' or the successor's link, JSON), identity ('' or the link's
 --       identity, which must not repeat within the job).
--- Returns {outcome, claimed pages...};
--- outcome is committed|last|duplicate|closed|repeated.
+-- Returns {outcome, claimed pages...}; outcome is committed|last|duplicate|closed|repeated;
+-- a duplicate returns {'duplicate', the standing location, the pages its commit claimed}.
 local job, lease, page = KEYS[1], KEYS[2], ARGV[2]
 if redis.call('HGET', job, 'state') ~= 'running' then return {'closed'} end
-if redis.call('HEXISTS', bucket_key(ARGV[1], page), page) == 1 then return {'duplicate'} end
+local standing = redis.call('HGET', bucket_key(ARGV[1], page), page)
+if standing then
+  local reply = {'duplicate', standing}
+  local claimed = redis.call('HGET', KEYS[8], page)
+  if claimed then
+    for p in string.gmatch(claimed, '[^,]+') do reply[#reply + 1] = p end
+  end
+  return reply
+end
 if ARGV[12] ~= '' and redis.call('SISMEMBER', KEYS[7], ARGV[12]) == 1 then
   return {'repeated'}
 end
@@ -19,6 +27,7 @@ if ARGV[11] ~= '' then redis.call('HSET', KEYS[6], tonumber(page) + 1, ARGV[11])
 if redis.call('HDEL', KEYS[4], page) == 1 then redis.call('HINCRBY', job, 'failed', -1) end
 redis.call('ZREM', lease, page)
 redis.call('HDEL', KEYS[3], page)
+redis.call('HDEL', KEYS[9], page)
 redis.call('HINCRBY', job, 'committed', 1)
 redis.call('HINCRBY', job, 'raw_bytes', ARGV[4])
 redis.call('HINCRBY', job, 'gz_bytes', ARGV[5])
@@ -30,5 +39,6 @@ end
 if ARGV[8] == '1' then redis.call('HSET', job, 'open', '0') end
 if maybe_finish(job, lease, ARGV[10]) then return {'last'} end
 local claimed = claim(job, ARGV[1], lease, KEYS[5], ARGV[9])
+if #claimed > 0 then redis.call('HSET', KEYS[8], page, table.concat(claimed, ',')) end
 table.insert(claimed, 1, 'committed')
 return claimed
