@@ -73,23 +73,33 @@ class PageMember:
 
 
 class SegmentWriter:
-    """An append-only segment file owned by one worker thread."""
+    """An append-only segment file owned by one worker thread.
+
+    It keeps its own write buffer over a raw ``O_APPEND`` descriptor instead of
+    a ``BufferedWriter``: after a failed write (ENOSPC) a BufferedWriter keeps
+    the unwritten bytes and flushes them later, behind the next page, so every
+    recorded offset after it would be wrong. Here an aborted page drops exactly
+    its own bytes, buffered or written.
+    """
+
+    FLUSH_BYTES = 1 << 20
 
     def __init__(self, path: Path, *, fsync: bool = True):
         self.path = path
         self._fsync = fsync
+        self._buffer = bytearray()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(path, "ab", buffering=1 << 20)
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            self.size = os.fstat(self.fd).st_size
         except OSError as exc:
-            raise StorageError(f"cannot open segment: {exc.strerror}", path=str(path)) from None
-        self.size = self.file.tell()
+            raise _storage_error(exc, path) from None
 
     @property
     def unlinked(self) -> bool:
         """True when the finalizer removed this segment under us."""
         try:
-            return os.fstat(self.file.fileno()).st_nlink == 0
+            return os.fstat(self.fd).st_nlink == 0
         except OSError:
             return True
 
@@ -97,35 +107,47 @@ class SegmentWriter:
         return PageMember(self, level)
 
     def write(self, data: bytes) -> None:
+        self._buffer += data
+        self.size += len(data)
+        if len(self._buffer) >= self.FLUSH_BYTES:
+            self._drain()
+
+    def _drain(self) -> None:
+        view = memoryview(self._buffer)
+        written = 0
         try:
-            self.file.write(data)
+            while written < len(view):
+                written += os.write(self.fd, view[written:])
         except OSError as exc:
             raise _storage_error(exc, self.path) from None
-        self.size += len(data)
+        finally:
+            view.release()
+            del self._buffer[:written]
 
     def sync(self) -> None:
-        try:
-            self.file.flush()
-            if self._fsync:
-                os.fdatasync(self.file.fileno())
-        except OSError as exc:
-            raise _storage_error(exc, self.path) from None
+        self._drain()
+        if self._fsync:
+            try:
+                os.fdatasync(self.fd)
+            except OSError as exc:
+                raise _storage_error(exc, self.path) from None
 
     def truncate(self, size: int) -> None:
+        """Drop everything after ``size``: buffered bytes and bytes on disk."""
+        self._buffer.clear()
         try:
-            try:
-                self.file.flush()
-            except OSError:
-                pass  # ENOSPC while flushing a page we are discarding anyway.
-            os.ftruncate(self.file.fileno(), size)
-            self.file.seek(size)
+            os.ftruncate(self.fd, size)
         except OSError as exc:
             raise _storage_error(exc, self.path) from None
         self.size = size
 
     def close(self) -> None:
         try:
-            self.file.close()
+            self._drain()
+        except StorageError:
+            pass
+        try:
+            os.close(self.fd)
         except OSError:
             pass
 

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 from celery import Celery
 from celery.signals import setup_logging
 
@@ -57,6 +59,10 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_redirect_stdouts=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
+    if settings.redis_url.startswith("rediss://") and "ssl_cert_reqs" not in settings.redis_url:
+        # kombu falls back to CERT_NONE (with only a warning) for a bare rediss:// URL;
+        # a harvester talking TLS should check the server's certificate.
+        app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return app
 
 

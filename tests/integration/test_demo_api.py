@@ -325,7 +325,7 @@ def test_stats_count_requests_by_path_and_page_but_not_admin(api: DemoServer) ->
     api.reset_stats()
     assert api.stats() | {"times": []} == {
         "requests": 0, "by_path": {}, "by_page": {},
-        "in_flight": 0, "max_in_flight": 0, "times": [],
+        "in_flight": 0, "max_in_flight": 0, "times": [], "faults": [],
     }  # fmt: skip
 
 
