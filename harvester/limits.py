@@ -8,8 +8,9 @@ rate. Here every request of a job, on any worker, first asks Redis
 - ``max_in_flight`` is a leased semaphore: a ZSET of slots, each expiring unless
   its worker's heartbeat renews it, so a dead worker frees its slot within one
   lease;
-- ``rate_per_second`` is a token bucket whose burst is a tenth of a second's
-  worth, so no one-second window sees more than rate + 10%.
+- ``rate_per_second`` is a token bucket whose burst is a twentieth of a
+  second's worth, so no one-second window sees more than rate + 5% (the API
+  sees a little more jitter than Redis's clock does; 10% stays a safe bound).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ MAX_POLL_SECONDS = 0.25
 
 
 def burst_for(rate: float) -> float:
-    return max(1.0, rate / 10)
+    return max(1.0, rate / 20)
 
 
 class RequestLimiter:

@@ -29,6 +29,7 @@ def test_rate_per_second_holds_across_four_workers(api, four_workers, redis_serv
     assert len(times) == 320
     busiest = max_in_any_window(times)
     mean = len(times) / (max(times) - min(times))
+    print(f"\nrate limit 40/s: busiest second {busiest}, mean {mean:.1f}/s")
     assert busiest <= 44, f"{busiest} requests in one second"
     assert mean >= 30, f"the limit should bind, not starve: mean {mean:.1f}/s"
 
@@ -43,6 +44,7 @@ def test_max_in_flight_holds_across_four_workers(four_workers, redis_server, har
         result = harvest("run", str(job), redis_url=redis_server.url)
         assert result.returncode == 0, result.stderr
         stats = slow.stats()
+    print(f"\nmax_in_flight 6: the API saw at most {stats['max_in_flight']} at once")
     assert stats["requests"] == 90
     assert stats["max_in_flight"] <= 6
     assert stats["max_in_flight"] >= 5
@@ -63,5 +65,6 @@ def test_retry_after_slows_the_whole_job(api, four_workers, redis_server, harves
     (hit, *_), = [f for f in stats["faults"] if f[3] == "status"]
     mean = len(times) / (times[-1] - times[0])
     after = [t for t in times if hit < t <= hit + 1.0]
+    print(f"\nRetry-After 1: {len(after)} requests in the next second, job mean {mean:.0f}/s")
     assert len(after) < mean / 2, f"{len(after)} requests in the second after the 429, mean {mean:.0f}/s"
     assert stats["by_page"]["/items:300"] == 2
