@@ -152,7 +152,8 @@ def cmd_finalize(args: argparse.Namespace) -> int:
     from .finalizer import finalize
 
     with context(args.local, 0) as ctx:
-        _out(finalize(ctx.ledger, args.job_id, part_bytes=ctx.settings.part_bytes))
+        _out(finalize(ctx.ledger, args.job_id, part_bytes=ctx.settings.part_bytes,
+                      worker=f"cli-{os.getpid()}"))
         return EXIT_OK
 
 

@@ -34,7 +34,7 @@ def _iso(timestamp: float) -> str:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(temp, "wb") as handle:
         handle.write(data)
         handle.flush()
@@ -51,11 +51,14 @@ def read_manifest(out_dir: Path) -> dict[str, Any] | None:
         raise OutputDirError(f"cannot read {MANIFEST}: {exc}", path=str(out_dir)) from None
 
 
-def finalize(ledger: Ledger, job_id: str, *, part_bytes: int) -> str:
+def finalize(ledger: Ledger, job_id: str, *, part_bytes: int, worker: str = "?") -> str:
     """Seal ``job_id`` if it is waiting to be sealed; returns the job's state after."""
     state = ledger.state(job_id)
     if state.state != "finalizing":
         log.info("finalize.skipped", state=state.state)
+        return state.state
+    if not ledger.begin_finalize(job_id, worker):
+        log.info("finalize.skipped", reason="another finalizer holds the job")
         return state.state
     spec = ledger.spec(job_id)
     out_dir = Path(spec.output.dir)
@@ -72,7 +75,37 @@ def finalize(ledger: Ledger, job_id: str, *, part_bytes: int) -> str:
         plan = _make_plan(ledger, job_id, out_dir, generation, part_bytes)
         write_atomically(plan_file, json.dumps(plan).encode())
     parts = plan_from_json(plan["parts"])
+    already = read_manifest(out_dir)
+    if already is not None and already.get("generation") == generation:
+        # Killed after the manifest was written: the parts are complete.
+        manifest = already
+    else:
+        manifest = _seal(ledger, job_id, spec, out_dir, plan, parts, generation, finished_at)
+    final_state = manifest["state"]
+    success = out_dir / SUCCESS
+    if final_state == "done" and manifest["pages"]["pending"] == 0:
+        success.touch()
+    else:
+        success.unlink(missing_ok=True)
+    fsync_dir(out_dir)
 
+    # The sealed segments go before the job is marked final, so that no worker can
+    # append to one of them afterwards (it would start a new segment instead).
+    for relative in plan["segment_paths"]:
+        (out_dir / relative).unlink(missing_ok=True)
+    ledger.finish(job_id, generation=generation, sealed=plan["segments"], state=final_state)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    try:
+        work_dir.parent.rmdir()  # .segments, once no job of this dir has any left
+    except OSError:
+        pass
+    log.info("finalize.done", generation=generation, state=final_state, parts=len(parts))
+    return final_state
+
+
+def _seal(ledger: Ledger, job_id: str, spec: Any, out_dir: Path, plan: dict[str, Any],
+          parts: list, generation: int, finished_at: float) -> dict[str, Any]:
+    """Write this generation's parts, ``_failed.jsonl`` and the manifest; returns it."""
     new_shards = []
     for part in parts:
         sealed = write_part(out_dir, part.name, part.pieces)
@@ -93,22 +126,7 @@ def finalize(ledger: Ledger, job_id: str, *, part_bytes: int) -> str:
         finished_at=_iso(finished_at), total=state.total, committed=state.committed,
         failed=state.failed)
     write_atomically(out_dir / MANIFEST, json.dumps(manifest, indent=1).encode() + b"\n")
-    success = out_dir / SUCCESS
-    if final_state == "done" and manifest["pages"]["pending"] == 0:
-        success.touch()
-    else:
-        success.unlink(missing_ok=True)
-    fsync_dir(out_dir)
-
-    ledger.finish(job_id, generation=generation, sealed=plan["segments"], state=final_state)
-    shutil.rmtree(work_dir, ignore_errors=True)
-    try:
-        work_dir.parent.rmdir()  # .segments, once no job of this dir has any left
-    except OSError:
-        pass
-    log.info("finalize.done", generation=generation, state=final_state, parts=len(parts),
-             ok=state.committed, failed=state.failed)
-    return final_state
+    return manifest
 
 
 def _make_plan(ledger: Ledger, job_id: str, out_dir: Path, generation: int,
@@ -127,5 +145,6 @@ def _make_plan(ledger: Ledger, job_id: str, out_dir: Path, generation: int,
     segments = ledger.segments(job_id)
     first_index = len(base["shards"]) if base else 0
     parts = plan_parts(commits, segments, first_index=first_index, part_bytes=part_bytes)
+    used = sorted({c.segment for c in commits})
     return {"generation": generation, "base": base, "parts": plan_to_json(parts),
-            "segments": sorted({c.segment for c in commits})}
+            "segments": used, "segment_paths": [segments[s] for s in used]}

@@ -86,6 +86,7 @@ class Start:
     reason: str = ""
     tries: int = 0
     link: dict[str, str] | None = None
+    paused: bool = False  # a Retry-After pause of the job is in force
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,19 @@ class Ledger:
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
+    def _pipeline(self, build: Any, *, transaction: bool = True) -> list[Any]:
+        """Run the commands ``build(pipe)`` queues, as one pipeline, waiting for Redis.
+
+        The pipeline is rebuilt on every try: redis-py empties a pipeline's
+        command list when ``execute`` fails, so retrying it would run nothing.
+        """
+        def run() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=transaction)
+            build(pipe)
+            return pipe.execute()
+
+        return self._call(run)
+
     def ping(self) -> None:
         """Fail at once (no waiting) when no Redis answers: the CLI's first contact."""
         self._call(self.redis.ping, wait=False)
@@ -181,16 +195,17 @@ class Ledger:
         fields = {
             "spec": json.dumps(spec.to_dict(), separators=(",", ":")),
             "state": "running", "total": total, "open": "1" if open_ended else "0",
-            "learn": "1" if open_ended else "0", "next_page": 1, "window": window,
+            "next_page": 1, "window": window,
             "committed": 0, "failed": 0, "raw_bytes": 0, "gz_bytes": 0, "lines": 0,
             "created_at": repr(created), "out_dir": spec.output.dir,
             "local": "1" if local else "0", "sealed_gen": 0, "cancelled": "0",
         }
-        pipe = self.redis.pipeline()
-        pipe.hset(self.key(job_id, "job"), mapping=fields)
-        pipe.zadd("hv:jobs", {job_id: created})
-        pipe.sadd("hv:active", job_id)
-        self._call(pipe.execute)
+        def build(pipe: Any) -> None:
+            pipe.hset(self.key(job_id, "job"), mapping=fields)
+            pipe.zadd("hv:jobs", {job_id: created})
+            pipe.sadd("hv:active", job_id)
+
+        self._pipeline(build)
         return self.fill(job_id)
 
     def fill(self, job_id: str) -> list[int]:
@@ -206,10 +221,8 @@ class Ledger:
         return JobSpec.from_dict(json.loads(raw))
 
     def state(self, job_id: str) -> JobState:
-        pipe = self.redis.pipeline()
-        pipe.hgetall(self.key(job_id, "job"))
-        pipe.zcard(self.key(job_id, "lease"))
-        fields, in_flight = self._call(pipe.execute)
+        fields, in_flight = self._pipeline(lambda pipe: (
+            pipe.hgetall(self.key(job_id, "job")), pipe.zcard(self.key(job_id, "lease"))))
         if not fields:
             raise JobNotFound(job_id)
         finished = fields.get("finished_at")
@@ -245,11 +258,13 @@ class Ledger:
         """Lease ``page`` to ``worker``, with its link if it is a chained page."""
         result = self.run_script(
             "start", [self.key(job_id, n) for n in ("job", "lease", "tries", "links", "owner")],
-            [self.prefix(job_id), page, now_ms() + self.lease_ms, worker])
+            [self.prefix(job_id), page, now_ms() + self.lease_ms, worker, now_ms()])
         if result[0] != "run":
             return Start(run=False, reason=result[1])
+        paused_until = int(result[3]) if result[3] else 0
         return Start(run=True, tries=int(result[1]),
-                     link=json.loads(result[2]) if result[2] else None)
+                     link=json.loads(result[2]) if result[2] else None,
+                     paused=paused_until > now_ms())
 
     def register_segment(self, job_id: str, relative_path: str) -> int:
         seg_id = self._call(self.redis.hincrby, self.key(job_id, "job"), "next_segment", 1)
@@ -272,16 +287,19 @@ class Ledger:
              commit.lines, "" if total is None else total, "1" if close else "0",
              now_ms() + self.queued_ms, now_ms() + self.lease_ms,
              json.dumps(next_link, separators=(",", ":")) if next_link else "", digest])
-        if result[0] == "duplicate" and result[1:] and result[1] == commit.encode():
-            # Our own commit, whose reply was lost (Redis restarted or the connection
-            # dropped) and which ran again: it stands, with the pages it claimed then.
-            return "committed", [int(p) for p in result[2:]]
+        if result[0] == "duplicate":
+            if result[1] == commit.encode():
+                # Our own commit, whose reply was lost (Redis restarted or the connection
+                # dropped) and which ran again: it stands, with the pages it claimed then.
+                return "committed", [int(p) for p in result[2:]]
+            return "duplicate", []  # another worker's copy won; its claims are its own
         return result[0], [int(p) for p in result[1:]]
 
     def fail(self, job_id: str, page: int, record: dict[str, Any], *,
              close: bool = False) -> tuple[str, list[int]]:
         result = self.run_script(
-            "fail", [self.key(job_id, n) for n in ("job", "lease", "failed", "todo", "owner")],
+            "fail", [self.key(job_id, n) for n in ("job", "lease", "failed", "todo", "owner",
+                                                     "claims")],
             [self.prefix(job_id), page, json.dumps(record, separators=(",", ":")),
              "1" if close else "0", now_ms() + self.queued_ms, now_ms() + self.lease_ms])
         return result[0], [int(p) for p in result[1:]]
@@ -291,10 +309,12 @@ class Ledger:
         if not leases:
             return
         until = now_ms() + self.lease_ms
-        pipe = self.redis.pipeline(transaction=False)
-        for job_id, page in leases:
-            pipe.zadd(self.key(job_id, "lease"), {str(page): until}, xx=True)
-        self._call(pipe.execute)
+
+        def build(pipe: Any) -> None:
+            for job_id, page in leases:
+                pipe.zadd(self.key(job_id, "lease"), {str(page): until}, xx=True)
+
+        self._pipeline(build, transaction=False)
 
     def reap(self, job_id: str, queues: list[str], *, stale_seconds: float = 30.0,
              limit: int = 100) -> list[int]:
@@ -306,11 +326,6 @@ class Ledger:
              now + self.queued_ms])
         return [int(p) for p in pages]
 
-    def tries(self, job_id: str, page: int) -> int:
-        return int(self._call(self.redis.hget, self.key(job_id, "tries"), page) or 0)
-
-    # ------------------------------------------------------- job-wide actions
-
     def cancel(self, job_id: str) -> str:
         return self.run_script("cancel", [self.key(job_id, n) for n in ("job", "lease", "todo")],
                          [now_ms() + self.lease_ms])
@@ -320,10 +335,8 @@ class Ledger:
                                                                        "tries")],
                            ["1" if open_ended else "0"])
         if result == "running":
-            pipe = self.redis.pipeline()
-            pipe.sadd("hv:active", job_id)
-            pipe.hdel(self.key(job_id, "job"), "finished_at")
-            self._call(pipe.execute)
+            self._pipeline(lambda pipe: (pipe.sadd("hv:active", job_id),
+                                         pipe.hdel(self.key(job_id, "job"), "finished_at")))
         return result
 
     def is_committed(self, job_id: str, page: int) -> bool:
@@ -352,8 +365,16 @@ class Ledger:
         entries = self._call(self.redis.hgetall, self.key(job_id, "failed"))
         return {int(page): json.loads(record) for page, record in entries.items()}
 
-    def todo(self, job_id: str) -> list[int]:
-        return [int(p) for p in self._call(self.redis.lrange, self.key(job_id, "todo"), 0, -1)]
+    def release_page(self, job_id: str, page: int, worker: str) -> None:
+        """A stopping worker gives ``page`` back: queued again, owned by no one."""
+        self.run_script("release", [self.key(job_id, "lease"), self.key(job_id, "owner")],
+                        [page, worker, now_ms() + self.queued_ms])
+
+    def begin_finalize(self, job_id: str, worker: str) -> bool:
+        """Claim the finalizer; False while another live finalizer holds it."""
+        return self.run_script(
+            "begin_finalize", [self.key(job_id, n) for n in ("job", "lease", "owner")],
+            [worker, now_ms() + self.lease_ms, now_ms()]) == 1
 
     def finalize_if_complete(self, job_id: str) -> bool:
         """Hand a reopened job with nothing left to fetch straight to the finalizer."""
@@ -362,28 +383,25 @@ class Ledger:
                          [now_ms() + self.lease_ms]) == 1
 
     def record_finalizer_error(self, job_id: str, message: str) -> int:
-        pipe = self.redis.pipeline()
-        pipe.hset(self.key(job_id, "job"), "finalize_error", message[:1000])
-        pipe.hincrby(self.key(job_id, "job"), "finalize_failures", 1)
-        return int(self._call(pipe.execute)[1])
+        return int(self._pipeline(lambda pipe: (
+            pipe.hset(self.key(job_id, "job"), "finalize_error", message[:1000]),
+            pipe.hincrby(self.key(job_id, "job"), "finalize_failures", 1)))[1])
 
     def renew_finalizer(self, job_id: str) -> None:
         self.renew([(job_id, FINALIZER_PAGE)])
 
     def finish(self, job_id: str, *, generation: int, sealed: list[int], state: str) -> None:
         """Record a finished finalization: segments sealed, job final."""
-        pipe = self.redis.pipeline()
-        if sealed:
-            pipe.sadd(self.key(job_id, "sealed"), *sealed)
-        pipe.hset(self.key(job_id, "job"), mapping={"state": state, "sealed_gen": generation})
-        pipe.hdel(self.key(job_id, "job"), "finalize_error", "finalize_failures")
-        pipe.delete(self.key(job_id, "lease"), self.key(job_id, "claims"),
-                    self.key(job_id, "owner"))
-        pipe.srem("hv:active", job_id)
-        self._call(pipe.execute)
+        def build(pipe: Any) -> None:
+            if sealed:
+                pipe.sadd(self.key(job_id, "sealed"), *sealed)
+            pipe.hset(self.key(job_id, "job"), mapping={"state": state, "sealed_gen": generation})
+            pipe.hdel(self.key(job_id, "job"), "finalize_error", "finalize_failures")
+            pipe.delete(self.key(job_id, "lease"), self.key(job_id, "claims"),
+                        self.key(job_id, "owner"))
+            pipe.srem("hv:active", job_id)
 
-    def all_keys(self, job_id: str) -> list[str]:
-        return list(self._call(self.redis.scan_iter, match=f"{self.prefix(job_id)}:*"))
+        self._pipeline(build)
 
 
 def _describe_connection(client: redis.Redis) -> str:

@@ -133,7 +133,10 @@ class PageRunner:
         self.in_flight.add(job_id, page)
         try:
             outcome, claimed = self._harvest(job_id, spec, page, Link.from_dict(start.link),
-                                             task_try=start.tries)
+                                             task_try=start.tries, paused=start.paused)
+        except Abandoned:
+            self.ledger.release_page(job_id, page, self.worker_name)
+            raise
         finally:
             self.in_flight.remove(job_id, page)
         for following in claimed:
@@ -150,7 +153,7 @@ class PageRunner:
     # ------------------------------------------------------------- page loop
 
     def _harvest(self, job_id: str, spec: JobSpec, page: int, link: Link | None,
-                 task_try: int) -> tuple[str, list[int]]:
+                 task_try: int, paused: bool = False) -> tuple[str, list[int]]:
         http = spec.http
         sent = 0
         attempt = 0
@@ -158,7 +161,11 @@ class PageRunner:
             attempt += 1
             structlog.contextvars.bind_contextvars(attempt=attempt, task_try=task_try)
             try:
-                fetched = self._fetch(job_id, spec, page, link)
+                # With no limits set, the limiter only enforces Retry-After pauses:
+                # skip its round trip when start_page saw none and this is the first try.
+                limited = paused or attempt > 1 or spec.limits.rate_per_second is not None \
+                    or spec.limits.max_in_flight is not None
+                fetched = self._fetch(job_id, spec, page, link, limited=limited)
             except (PageError, StorageError) as exc:
                 sent += getattr(exc, "attempts", 0) or 1
                 if self._retryable(exc, spec) and attempt <= http.retries:
@@ -242,7 +249,8 @@ class PageRunner:
 
     # ------------------------------------------------------------ the fetch
 
-    def _fetch(self, job_id: str, spec: JobSpec, page: int, link: Link | None) -> _Fetched:
+    def _fetch(self, job_id: str, spec: JobSpec, page: int, link: Link | None,
+               *, limited: bool = True) -> _Fetched:
         request = pagination.request_for(spec, page, link)
         url = display_url(request)
         pagination.check_origin(spec, request.url)
@@ -260,7 +268,8 @@ class PageRunner:
         deadline = time.monotonic() + spec.http.page_deadline
 
         try:
-            slot = self.limiter.acquire(job_id, spec.limits, self.stopping.is_set)
+            slot = self.limiter.acquire(job_id, spec.limits, self.stopping.is_set) \
+                if limited else None
         except InterruptedError:
             raise Abandoned(job_id, page) from None
         try:
@@ -356,11 +365,14 @@ class PageRunner:
             return segment
         if segment is not None:
             segment.close()
+        resources.segment = None
         relative = (f"{SEGMENTS_DIR}/{job_id}/{self.worker_name}-{threading.get_native_id()}-"
                     f"{token_source.token_hex(3)}.seg")
+        # Registered first: a segment whose id the ledger does not know is never used.
+        segment_id = self.ledger.register_segment(job_id, relative)
         resources.segment = SegmentWriter(Path(spec.output.dir) / relative,
                                           fsync=self.settings.fsync)
-        resources.segment_id = self.ledger.register_segment(job_id, relative)
+        resources.segment_id = segment_id
         return resources.segment
 
 

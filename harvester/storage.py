@@ -178,7 +178,7 @@ class SealedPart:
 def write_part(out_dir: Path, name: str, pieces: list[Piece]) -> SealedPart:
     """Copy ``pieces`` into ``out_dir/name`` atomically (temp file, fsync, rename)."""
     target = out_dir / name
-    temp = out_dir / f".{name}.tmp"
+    temp = out_dir / f".{name}.{os.getpid()}.tmp"
     digest = hashlib.sha256()
     total = 0
     handles: dict[str, int] = {}

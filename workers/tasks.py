@@ -62,7 +62,8 @@ def finalize_job(self, job_id: str) -> str:
     runner = _runner()
     runner.in_flight.add(str(job_id), 0)
     try:
-        return finalize(runner.ledger, str(job_id), part_bytes=runner.settings.part_bytes)
+        return finalize(runner.ledger, str(job_id), part_bytes=runner.settings.part_bytes,
+                        worker=runner.worker_name)
     except (HarvesterError, OSError) as exc:
         # Recorded for `harvest run`/`status` to show; the lease makes it run again.
         runner.ledger.record_finalizer_error(str(job_id), f"{type(exc).__name__}: {exc}")

@@ -7,7 +7,8 @@
 -- Returns {outcome, claimed pages...}; outcome is committed|last|duplicate|closed|repeated;
 -- a duplicate returns {'duplicate', the standing location, the pages its commit claimed}.
 local job, lease, page = KEYS[1], KEYS[2], ARGV[2]
-if redis.call('HGET', job, 'state') ~= 'running' then return {'closed'} end
+-- Before the state check: a replayed commit of the job's last page finds the job
+-- finalizing, and must still learn that its own commit stands.
 local standing = redis.call('HGET', bucket_key(ARGV[1], page), page)
 if standing then
   local reply = {'duplicate', standing}
@@ -17,6 +18,7 @@ if standing then
   end
   return reply
 end
+if redis.call('HGET', job, 'state') ~= 'running' then return {'closed'} end
 if ARGV[12] ~= '' and redis.call('SISMEMBER', KEYS[7], ARGV[12]) == 1 then
   return {'repeated'}
 end

@@ -10,7 +10,12 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'running' and state ~= 'finalizing' then return {} end
 local now = tonumber(ARGV[1])
 local pages = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, ARGV[3])
-for _, page in ipairs(pages) do redis.call('ZADD', KEYS[2], ARGV[2], page) end
+for _, page in ipairs(pages) do
+  -- Its owner is gone: queued again (the finalizer gets a short lease, as it is
+  -- re-sent at top priority and starts at once).
+  redis.call('HDEL', KEYS[3], page)
+  redis.call('ZADD', KEYS[2], page == '0' and ARGV[2] or ARGV[6], page)
+end
 if state ~= 'running' then return pages end
 local waiting = 0
 for i = 4, #KEYS do waiting = waiting + redis.call('LLEN', KEYS[i]) end
