@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 from urllib.request import getproxies
 
 import requests
@@ -94,22 +94,42 @@ class Response:
     url: str  # the final URL (after redirects), resolved: never show it
 
 
+MAX_REDIRECTS = 10
+
+
 @contextmanager
 def open_page(session: requests.Session, request: PageRequest, *, headers: dict[str, str],
-              http: HttpSpec, url: str, secrets: list[str]) -> Iterator[Response]:
+              http: HttpSpec, url: str, secrets: list[str],
+              check_redirect: Callable[[str], None] = lambda target: None
+              ) -> Iterator[Response]:
     """Send ``request`` (already resolved) and yield its response, unread.
 
-    ``url`` is the display URL used in errors. A non-2xx final status raises
-    :class:`HTTPStatusError` after urllib3 spent its retries.
+    ``url`` is the display URL used in errors. A non-2xx status raises
+    :class:`HTTPStatusError`. Redirects are followed here, not by requests:
+    requests would forward the job's headers (all but Authorization) and a
+    307/308 body to any host, so each hop's target must pass ``check_redirect``
+    (the job's origin check) before anything is sent to it.
     """
-    try:
-        response = session.request(
-            request.method, request.url, params=request.params or None, json=request.json,
-            headers=headers, stream=True, allow_redirects=True,
-            timeout=(http.timeout_connect, http.timeout_read),
-        )
-    except requests.RequestException as exc:
-        raise _transport_error(exc, url, secrets) from None
+    method, target = request.method, request.url
+    params, body = request.params or None, request.json
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            response = session.request(
+                method, target, params=params, json=body, headers=headers, stream=True,
+                allow_redirects=False, timeout=(http.timeout_connect, http.timeout_read))
+        except requests.RequestException as exc:
+            raise _transport_error(exc, url, secrets) from None
+        if not response.is_redirect:
+            break
+        following = urljoin(response.url, response.headers["Location"])
+        status = response.status_code
+        response.close()
+        check_redirect(following)
+        if status in (301, 302, 303) and method != "HEAD":
+            method, body = "GET", None  # what browsers and requests do
+        target, params = following, None
+    else:
+        raise TransportError(f"more than {MAX_REDIRECTS} redirects", url=url)
     try:
         history = getattr(response.raw, "retries", None)
         attempts = 1 + (len(history.history) if history is not None else 0)

@@ -246,7 +246,7 @@ def origin_text(url: str) -> str:
     return f"{scheme}://{host}:{port}"
 
 
-def check_origin(spec: JobSpec, url: str) -> None:
+def check_origin(spec: JobSpec, url: str, what: str = "next page") -> None:
     """Refuse a request to any origin but the job's own or an ``allow_hosts`` entry."""
     if origin(url) == origin(spec.url):
         return
@@ -255,7 +255,7 @@ def check_origin(spec: JobSpec, url: str) -> None:
     if host in allowed and origin(url)[0] in ("http", "https"):
         return
     raise PaginationError(
-        f"next page is on another origin: {origin_text(url)} is not the job's origin"
+        f"{what} is on another origin: {origin_text(url)} is not the job's origin"
         f" {origin_text(spec.url)}; no request was sent (list the host in"
         " pagination.allow_hosts to follow it)", url=url)
 

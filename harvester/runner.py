@@ -281,8 +281,14 @@ class PageRunner:
     def _request(self, job_id: str, spec: JobSpec, page: int, url: str,
                  resolved: pagination.PageRequest, headers: dict[str, str], hidden: list[str],
                  resources: _JobResources, deadline: float) -> _Fetched:
+        def check_redirect(target: str) -> None:
+            # The target is resolved: report it with its secrets turned back into templates.
+            pagination.check_origin(spec, templatize(target, [spec.url, spec.params,
+                                                              spec.headers, spec.json]),
+                                    what="a redirect")
+
         with open_page(resources.session, resolved, headers=headers, http=spec.http, url=url,
-                       secrets=hidden) as response:
+                       secrets=hidden, check_redirect=check_redirect) as response:
             segment = self._segment(job_id, spec, resources)
             member = segment.begin_page(spec.output.compress_level)
             try:

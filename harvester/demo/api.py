@@ -377,6 +377,13 @@ def create_app(config: DemoConfig) -> FastAPI:
             state, "/jsonl", page, body, {"link": _link_header(request, params, page, pages)}
         )
 
+    async def get_redirect(request: Request) -> Response:
+        """``/redirect?to=URL&status=307``: a redirect, for the origin checks."""
+        params = _query(request)
+        state.stats.page_served("/redirect", 1)
+        return Response(status_code=_int(params, "status", 307),
+                        headers={"location": params.get("to", "/items")})
+
     async def get_big(request: Request) -> Response:
         params = _query(request)
         size = _int(params, "bytes", 1 << 20)
@@ -392,6 +399,7 @@ def create_app(config: DemoConfig) -> FastAPI:
         ("/items", get_items, ["GET"]),
         ("/items", post_items, ["POST"]),
         ("/big", get_big, ["GET"]),
+        ("/redirect", get_redirect, ["GET"]),
         ("/cursor", get_cursor, ["GET"]),
         ("/offset", get_offset, ["GET"]),
         ("/next", get_next, ["GET"]),

@@ -32,7 +32,7 @@ def cluster(tmp_path_factory):
     server.kill()
 
 
-def _job(path, *, url, pagination, params=None, extra=""):
+def _job(path, *, url, pagination, params=None, extra="", out="out"):
     params = params or {}
     table = ", ".join(f"{k} = {json.dumps(v)}" for k, v in params.items())
     path.write_text(f'''[job]
@@ -51,7 +51,7 @@ backoff_factor = 0.05
 backoff_max = 0.2
 
 [output]
-dir = "out"
+dir = "{out}"
 {extra}
 ''')
     return path
@@ -228,3 +228,29 @@ def test_repeated_cursor_fails_the_page_instead_of_looping(api, cluster, harvest
     assert "already followed" in failed[0]["message"] and "'c2'" in failed[0]["message"]
     assert sorted(read_pages(tmp_path / "out")[0]) == [1, 2, 3, 4]
     assert api.stats()["by_page"].get("/cursor:6") is None, "the loop was not followed"
+
+
+def test_redirects_are_followed_only_within_the_origin(cluster, harvest, tmp_path):
+    """A redirect within the job's origin is followed; one to another origin (127.0.0.2)
+    fails the page naming both origins, and that origin receives no request, so neither
+    the job's headers nor its body can leak there."""
+    redis_server, workers = cluster
+    workers.env["API_TOKEN"] = "tok-redirect"
+    with start_demo_api() as home, start_demo_api(host="127.0.0.2") as elsewhere:
+        job = _job(tmp_path / "job.toml", url=f"{home.url}/redirect",
+                   params={"to": "/items?per_page=3&pages=2"},
+                   pagination='style = "page"\npages = 2')
+        result = harvest("run", str(job), redis_url=redis_server.url)
+        assert result.returncode == 0, result.stderr
+        assert sorted(read_pages(tmp_path / "out")[0]) == [1, 2]
+
+        job = _job(tmp_path / "other.toml", url=f"{home.url}/redirect",
+                   params={"to": f"{elsewhere.url}/items"},
+                   pagination='style = "page"\npages = 2', out="other")
+        result = harvest("run", str(job), redis_url=redis_server.url)
+        assert result.returncode == 1
+        failed = failed_lines(tmp_path / "other")
+        assert [f["page"] for f in failed] == [1, 2]
+        assert all("a redirect is on another origin" in f["message"] and "127.0.0.2" in f["message"]
+                   for f in failed)
+        assert elsewhere.stats()["requests"] == 0
