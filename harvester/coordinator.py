@@ -73,6 +73,11 @@ def claim_output_dir(spec: JobSpec, job_id: str, job_path: str | None = None) ->
 
 def submit(spec: JobSpec, ledger: Ledger, dispatcher: Dispatcher, settings: Settings, *,
            local: bool = False, job_path: str = "<job>") -> str:
+    if spec.http.page_deadline + 60 > settings.visibility_timeout:
+        raise JobSpecError(
+            f"must stay a minute below the workers' visibility timeout"
+            f" ({settings.visibility_timeout:g} s, HARVEST_VISIBILITY_TIMEOUT), or a healthy"
+            " page would be delivered twice", path=job_path, key="http.page_deadline")
     job_id = new_job_id(spec)
     claim_output_dir(spec, job_id, job_path)
     # A chain, or a fan-out that learns its total from page 1, starts with page 1

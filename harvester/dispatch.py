@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from kombu.exceptions import OperationalError
+
+from .errors import BrokerUnavailable
+
 PAGE_TASK = "harvester.page"
 FINALIZE_TASK = "harvester.finalize"
 QUEUE = "harvest"
@@ -24,8 +28,16 @@ class CeleryDispatcher:
         self.app = app
 
     def send_page(self, job_id: str, page: int, *, urgent: bool = False) -> None:
-        self.app.send_task(PAGE_TASK, args=[job_id, page], queue=QUEUE,
-                           priority=URGENT if urgent else NORMAL)
+        self._send(PAGE_TASK, [job_id, page], URGENT if urgent else NORMAL)
 
     def send_finalize(self, job_id: str) -> None:
-        self.app.send_task(FINALIZE_TASK, args=[job_id], queue=QUEUE, priority=URGENT)
+        self._send(FINALIZE_TASK, [job_id], URGENT)
+
+    def _send(self, name: str, args: list[Any], priority: int) -> None:
+        try:
+            self.app.send_task(name, args=args, queue=QUEUE, priority=priority)
+        except OperationalError as exc:
+            # kombu already retried the publish; the page stays leased in the
+            # ledger, so the reaper sends it once the broker is back.
+            raise BrokerUnavailable("the broker (HARVEST_REDIS_URL)",
+                                    str(exc).splitlines()[0]) from None

@@ -129,9 +129,6 @@ class WorkerPool:
             self._spawn(index)
         self._supervisor.start()
 
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.processes if p is not None and p.poll() is None]
-
     def _spawn(self, index: int) -> None:
         env = {**os.environ, "HARVEST_REDIS_URL": self.redis_url}
         log_file = open(self.log_dir / f"worker-{index}.log", "ab")

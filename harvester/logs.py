@@ -13,11 +13,8 @@ import sys
 
 import structlog
 
-_configured = False
-
 
 def configure(log_format: str = "console", level: int | str = logging.INFO) -> None:
-    global _configured
     shared = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -44,8 +41,4 @@ def configure(log_format: str = "console", level: int | str = logging.INFO) -> N
     root.setLevel(level)
     # urllib3 logs full request URLs (secrets may sit in a query) at DEBUG.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
-    _configured = True
 
-
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name)

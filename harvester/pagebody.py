@@ -17,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import ijson
-
 from .body import BodyInspector
 from .errors import InvalidJSON
 from .scan import JsonScanner
@@ -43,34 +41,6 @@ class BodyResult:
     values: dict[str, Any]
     records: int | None  # counted when asked for (records mode, stop_on_empty)
     lines: int  # lines written to the output
-
-
-class _JsonLinesValidator:
-    """ijson over a stream of JSON values, one per line."""
-
-    def __init__(self) -> None:
-        class Discard:
-            send = len
-
-            def close(self) -> None:
-                pass
-
-        self._parser = ijson.basic_parse_coro(Discard(), multiple_values=True)
-
-    def feed(self, chunk: bytes) -> None:
-        try:
-            self._parser.send(chunk)
-        except ijson.JSONError as exc:
-            raise InvalidJSON(f"JSON Lines body is not valid: {str(exc).splitlines()[0]}") \
-                from None
-
-    def finish(self) -> dict[str, Any]:
-        try:
-            self._parser.close()
-        except ijson.JSONError as exc:
-            raise InvalidJSON(f"JSON Lines body is not complete: {str(exc).splitlines()[0]}") \
-                from None
-        return {}
 
 
 class _LineSplitter:
@@ -120,7 +90,9 @@ class PageBody:
         self._scanner: JsonScanner | None = None
         self._lines: _LineSplitter | None = None
         if json_lines:
-            self._validator: Any = _JsonLinesValidator()
+            # Each line is checked on its own: one JSON value per line, no more.
+            self._validator: Any = None
+            self._line_check: BodyInspector | None = None
             self._lines = _LineSplitter(self._jsonl_piece, self._jsonl_end)
             self._records_seen = 0
             if not records_mode:
@@ -145,17 +117,16 @@ class PageBody:
             self._first_chunk = False
         if not chunk:
             return
-        self._validator.feed(chunk)
         if self._lines is not None:
             self._lines.feed(chunk)
             return
+        self._validator.feed(chunk)
         if self._scanner is not None:
             self._scanner.feed(chunk)
         if not self.records_mode:
             self.write(chunk.translate(ONE_LINE))
 
     def finish(self) -> BodyResult:
-        values = self._validator.finish()
         if self._lines is not None:
             self._lines.finish()
             if not self.records_mode:
@@ -163,6 +134,7 @@ class PageBody:
             count = self._lines.lines
             return BodyResult(values={}, records=count,
                               lines=count if self.records_mode else 1)
+        values = self._validator.finish()
         records = None
         if self._scanner is not None:
             values = self._scanner.finish()
@@ -184,11 +156,15 @@ class PageBody:
             self.write(b"\n")
 
     def _jsonl_piece(self, piece: bytes, first: bool) -> None:
-        if first and not self.records_mode and self._records_seen:
-            self.write(b",")
+        if first:
+            self._line_check = BodyInspector()
+            if not self.records_mode and self._records_seen:
+                self.write(b",")
+        self._line_check.feed(piece)
         self.write(piece.translate(ONE_LINE))
 
     def _jsonl_end(self) -> None:
+        self._line_check.finish()
         self._records_seen += 1
         if self.records_mode:
             self.write(b"\n")

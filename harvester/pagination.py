@@ -45,8 +45,12 @@ class PageRequest:
 
 
 def is_fan_out(spec: JobSpec) -> bool:
-    """True when every page's request follows from its number and the total is knowable."""
-    return spec.pagination.style in FAN_OUT_STYLES and (
+    """True when every page's request follows from its number and the total is knowable.
+
+    ``stop_on_empty`` makes any job a chain: the end is only known from the data,
+    and pages past the empty one must never be requested.
+    """
+    return spec.pagination.style in FAN_OUT_STYLES and not spec.pagination.stop_on_empty and (
         known_total(spec) is not None or total_path(spec) is not None)
 
 
@@ -151,26 +155,6 @@ def request_for(spec: JobSpec, page: int, link: Link | None = None) -> PageReque
     return PageRequest(method=spec.method, url=spec.url, params=params, json=body)
 
 
-def first_pages(spec: JobSpec, window: int) -> list[int]:
-    """Pages the coordinator enqueues when the job starts."""
-    total = known_total(spec)
-    if total is None:
-        return [1]  # page 1 tells the total; its completion fans out the rest.
-    return list(range(1, min(window, total) + 1))
-
-
-def successors(spec: JobSpec, page: int, total: int | None, window: int) -> list[int]:
-    """Pages to enqueue once ``page`` is resolved (committed or failed for good).
-
-    ``total`` is the job's page count as the ledger knows it now (``None`` when
-    page 1 failed before telling it).
-    """
-    if total is None:
-        return []
-    if page == 1 and known_total(spec) is None:
-        return list(range(2, min(1 + window, total) + 1))
-    following = page + window
-    return [following] if following <= total else []
 
 
 def _follow_url(spec: JobSpec, url: str) -> PageRequest:

@@ -157,6 +157,9 @@ class PageRunner:
         http = spec.http
         sent = 0
         attempt = 0
+        # Retries and pauses happen inside the task; it must end well within kombu's
+        # visibility timeout, or the broker would deliver the page a second time.
+        give_back_at = time.monotonic() + self.settings.visibility_timeout / 2
         while True:
             attempt += 1
             structlog.contextvars.bind_contextvars(attempt=attempt, task_try=task_try)
@@ -170,6 +173,8 @@ class PageRunner:
                 sent += getattr(exc, "attempts", 0) or 1
                 if self._retryable(exc, spec) and attempt <= http.retries:
                     delay = self._delay_before_retry(job_id, spec, exc, attempt)
+                    if time.monotonic() + delay + http.page_deadline > give_back_at:
+                        raise Abandoned(job_id, page)  # requeued, its tries kept
                     log.warning("page.retry", error=type(exc).__name__, message=str(exc),
                                 delay=round(delay, 3), status=getattr(exc, "status", None))
                     if self.stopping.wait(delay):

@@ -91,7 +91,6 @@ class JsonScanner:
         self._value: _Value | None = None
         self._key_parts: list[bytes] | None = None
         self._key_escape = False
-        self._done = False
 
     # ----------------------------------------------------------- public API
 

@@ -11,11 +11,9 @@ from harvester.errors import PaginationError
 from harvester.job import JobSpec, parse_job
 from harvester.pagination import (
     PageRequest,
-    first_pages,
     is_fan_out,
     known_total,
     request_for,
-    successors,
     total_from_value,
     total_path,
 )
@@ -230,30 +228,3 @@ def test_request_for_chained_styles_raises(pagination):
 
 # --------------------------------------------------------- window scheduling
 
-def test_first_pages_known_total():
-    """With a known total the coordinator enqueues min(window, total) pages."""
-    assert first_pages(make({"style": "page", "pages": 3}), window=10) == [1, 2, 3]
-    assert first_pages(make({"style": "page", "pages": 30}), window=4) == [1, 2, 3, 4]
-
-
-def test_first_pages_learnt_total_is_page_1_only():
-    """Without a known total only page 1 is enqueued."""
-    assert first_pages(make(PAGE_LEARNT), window=10) == [1]
-
-
-def test_successors_walk_every_page_once():
-    """Following successors from the first window reaches each page exactly once."""
-    for pagination, total in ((PAGE_LEARNT, 23), ({"style": "page", "pages": 23}, 23)):
-        spec = make(pagination)
-        queue = first_pages(spec, window=5)
-        seen: list[int] = []
-        while queue:
-            page = queue.pop(0)
-            seen.append(page)
-            queue.extend(successors(spec, page, total, window=5))
-        assert sorted(seen) == list(range(1, total + 1))
-
-
-def test_successors_unknown_total_is_empty():
-    """When page 1 failed before telling the total nothing follows."""
-    assert successors(make(PAGE_LEARNT), 1, None, window=5) == []
