@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support.demo import start_demo_api  # noqa: E402
+from support.jobs import job_toml  # noqa: E402
 from support.services import HARVEST, REPO_ROOT, RedisServer, Workers  # noqa: E402
 
 
@@ -87,33 +88,10 @@ def harvest(env, tmp_path):
 def write_job(path: Path, *, url: str, out: str = "out", name: str = "test",
               params: dict | None = None, headers: dict | None = None,
               pagination: str = 'style = "page"\npages = 20', extra: str = "") -> Path:
-    def table(values: dict) -> str:
-        import json
-        return "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in values.items()) + " }"
-
-    text = f'''[job]
-name = "{name}"
-url = "{url}"
-params = {table(params or {"per_page": 5})}
-headers = {table(headers or {})}
-
-[pagination]
-{pagination}
-
-[http]
-timeout_connect = 2
-timeout_read = 5
-page_deadline = 30
-retries = 2
-backoff_factor = 0.05
-backoff_max = 0.2
-
-[output]
-dir = "{out}"
-{extra}
-'''
-    path.write_text(text)
-    return path
+    return job_toml(path, url=url, params=params or {"per_page": 5}, headers=headers,
+                    pagination=pagination, extra=extra, out=out, name=name,
+                    http="timeout_connect = 2\ntimeout_read = 5\npage_deadline = 30\n"
+                         "retries = 2\nbackoff_factor = 0.05\nbackoff_max = 0.2")
 
 
 @pytest.fixture

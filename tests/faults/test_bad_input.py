@@ -7,7 +7,7 @@ import pytest
 
 from support.output import failed_lines
 
-from .helpers import job_toml
+from support.jobs import job_toml
 
 GOOD = '''[job]
 name = "ok"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from support.output import assert_exactly_once, failed_lines
 
-from .helpers import job_toml
+from support.jobs import job_toml
 
 # fault -> pages it hits twice (then the page is served normally)
 TRANSIENT = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from support.demo import start_demo_api
-from .helpers import job_toml, max_in_any_window
+from support.jobs import job_toml, max_in_any_window
 
 
 @pytest.fixture

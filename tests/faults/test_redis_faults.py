@@ -11,7 +11,7 @@ import time
 from support.output import assert_exactly_once
 from support.services import RedisServer
 
-from .helpers import job_toml
+from support.jobs import job_toml
 
 TOKEN = "tok-redis-fault-9f2c"
 

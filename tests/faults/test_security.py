@@ -5,7 +5,7 @@ from __future__ import annotations
 from support.output import assert_exactly_once
 from support.services import RedisServer, Workers
 
-from .helpers import job_toml
+from support.jobs import job_toml
 
 
 def test_password_and_acl_user_in_redis_url(api, harvest, env, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 
 from support.output import assert_exactly_once, failed_lines
 
-from .helpers import job_toml
+from support.jobs import job_toml
 
 
 def _wait(predicate, timeout=60, what="condition"):

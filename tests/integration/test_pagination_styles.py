@@ -12,6 +12,7 @@ import pytest
 
 from harvester.demo.data import record
 from support.demo import start_demo_api
+from support.jobs import job_toml
 from support.output import failed_lines, read_pages
 from support.services import RedisServer, Workers, kill_tree, tree_rss
 
@@ -33,28 +34,10 @@ def cluster(tmp_path_factory):
 
 
 def _job(path, *, url, pagination, params=None, extra="", out="out"):
-    params = params or {}
-    table = ", ".join(f"{k} = {json.dumps(v)}" for k, v in params.items())
-    path.write_text(f'''[job]
-name = "styles"
-url = "{url}"
-params = {{ {table} }}
-
-[pagination]
-{pagination}
-
-[http]
-timeout_read = 20
-page_deadline = 120
-retries = 2
-backoff_factor = 0.05
-backoff_max = 0.2
-
-[output]
-dir = "{out}"
-{extra}
-''')
-    return path
+    return job_toml(path, url=url, params=params or {}, pagination=pagination, extra=extra,
+                    out=out, name="styles",
+                    http="timeout_read = 20\npage_deadline = 120\nretries = 2\n"
+                         "backoff_factor = 0.05\nbackoff_max = 0.2")
 
 
 def _record_ids_from_pages(out) -> list[int]:

@@ -96,6 +96,7 @@ def test_worker_trees_killed_three_times(job_file, harvest, tmp_path):
         assert all(kill[1] for kill in kills), "every kill hit a worker with running pages"
 
         assert process.wait(timeout=300) == 0, "".join(reader.lines)[-3000:]
+        print(f"\nkilled pages committed again after {[round(s, 1) for s in recoveries]} s")
         assert all(seconds <= 30 for seconds in recoveries), recoveries
         assert "restarting" in "".join(reader.lines)
     out = tmp_path / "out"

@@ -1,4 +1,4 @@
-"""Job files and measurements shared by the fault suite."""
+"""Job files and measurements shared by the integration and fault suites."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ DEFAULT_HTTP = ("timeout_connect = 2\ntimeout_read = 3\npage_deadline = 20\nretr
 
 def job_toml(path: Path, *, url: str, params: dict, pagination: str, http: str = "",
              limits: str = "", extra: str = "", headers: dict | None = None,
-             out: str = "out") -> Path:
+             out: str = "out", name: str = "faults") -> Path:
+    """A job file at ``path``; ``http`` replaces the fast-retrying default [http]."""
     table = ", ".join(f"{k} = {json.dumps(v)}" for k, v in params.items())
     head = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in (headers or {}).items())
     path.write_text(f'''[job]
-name = "faults"
+name = "{name}"
 url = "{url}"
 params = {{ {table} }}
 headers = {{ {head} }}
