@@ -3,8 +3,8 @@
 Keys of job ``J`` (the ``{J}`` hash tag keeps them in one cluster slot)::
 
     hv:{J}:job        hash    spec, state, total, open, next_page, window, counts, times
-    hv:{J}:c:<n>      hash    page -> "segment:offset:length:raw:lines", 128 pages
-                              per hash so Redis keeps each one a compact listpack
+    hv:{J}:c:<n>      hash    page -> "segment:offset:length:raw:lines[|claimed pages]",
+                              128 pages per hash so Redis keeps each a compact listpack
     hv:{J}:segs       hash    segment id -> path relative to the output dir
     hv:{J}:sealed     set     segment ids already sealed into parts
     hv:{J}:failed     hash    page -> failure record (JSON)
@@ -14,7 +14,7 @@ Keys of job ``J`` (the ``{J}`` hash tag keeps them in one cluster slot)::
     hv:{J}:links      hash    page -> how to request it (cursor or URL), for chained
                               pages not yet committed (so retry resumes a chain)
     hv:{J}:seen       set     identities of every cursor/next URL followed (loop check)
-    hv:{J}:claims     hash    page -> pages its commit claimed (to replay a lost reply)
+    hv:{J}:claims     hash    page -> pages its failure claimed (to replay a lost reply)
     hv:{J}:owner      hash    page -> the worker running it (unset while only queued)
     hv:jobs           zset    job id -> creation time
     hv:active         set     jobs not yet final (the reaper walks these)
@@ -74,7 +74,8 @@ class Commit:
 
     @classmethod
     def decode(cls, page: int, value: str) -> "Commit":
-        segment, offset, length, raw, lines = (int(v) for v in value.split(":"))
+        location = value.split("|", 1)[0]  # after "|": the pages its commit claimed
+        segment, offset, length, raw, lines = (int(v) for v in location.split(":"))
         return cls(page, segment, offset, length, raw, lines)
 
 
@@ -282,7 +283,7 @@ class Ledger:
         digest = hashlib.sha1(identity.encode()).hexdigest()[:24] if identity else ""
         result = self.run_script(
             "commit", [self.key(job_id, n) for n in ("job", "lease", "tries", "failed", "todo",
-                                                       "links", "seen", "claims", "owner")],
+                                                       "links", "seen", "owner")],
             [self.prefix(job_id), commit.page, commit.encode(), commit.raw_bytes, commit.length,
              commit.lines, "" if total is None else total, "1" if close else "0",
              now_ms() + self.queued_ms, now_ms() + self.lease_ms,

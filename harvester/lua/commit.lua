@@ -1,20 +1,22 @@
 -- The commit point of a page: first writer wins, duplicates are refused.
--- KEYS: job, lease, tries, failed, todo, links, seen, claims, owner.
+-- KEYS: job, lease, tries, failed, todo, links, seen, owner.
 -- ARGV: prefix, page, location, raw_bytes, gz_bytes, lines, total_or_empty,
 --       close ('1' when no page can follow), queued_until, finalizer_until,
 --       next_link ('' or the successor's link, JSON), identity ('' or the link's
 --       identity, which must not repeat within the job).
 -- Returns {outcome, claimed pages...}; outcome is committed|last|duplicate|closed|repeated;
 -- a duplicate returns {'duplicate', the standing location, the pages its commit claimed}.
+-- The stored value is "location" or "location|claimed,pages": a lost reply can be
+-- replayed from it, at a few bytes a page in the bucket's compact listpack.
 local job, lease, page = KEYS[1], KEYS[2], ARGV[2]
 -- Before the state check: a replayed commit of the job's last page finds the job
 -- finalizing, and must still learn that its own commit stands.
 local standing = redis.call('HGET', bucket_key(ARGV[1], page), page)
 if standing then
-  local reply = {'duplicate', standing}
-  local claimed = redis.call('HGET', KEYS[8], page)
-  if claimed then
-    for p in string.gmatch(claimed, '[^,]+') do reply[#reply + 1] = p end
+  local bar = string.find(standing, '|', 1, true)
+  local reply = {'duplicate', bar and string.sub(standing, 1, bar - 1) or standing}
+  if bar then
+    for p in string.gmatch(string.sub(standing, bar + 1), '[^,]+') do reply[#reply + 1] = p end
   end
   return reply
 end
@@ -29,7 +31,7 @@ if ARGV[11] ~= '' then redis.call('HSET', KEYS[6], tonumber(page) + 1, ARGV[11])
 if redis.call('HDEL', KEYS[4], page) == 1 then redis.call('HINCRBY', job, 'failed', -1) end
 redis.call('ZREM', lease, page)
 redis.call('HDEL', KEYS[3], page)
-redis.call('HDEL', KEYS[9], page)
+redis.call('HDEL', KEYS[8], page)
 redis.call('HINCRBY', job, 'committed', 1)
 redis.call('HINCRBY', job, 'raw_bytes', ARGV[4])
 redis.call('HINCRBY', job, 'gz_bytes', ARGV[5])
@@ -41,6 +43,8 @@ end
 if ARGV[8] == '1' then redis.call('HSET', job, 'open', '0') end
 if maybe_finish(job, lease, ARGV[10]) then return {'last'} end
 local claimed = claim(job, ARGV[1], lease, KEYS[5], ARGV[9])
-if #claimed > 0 then redis.call('HSET', KEYS[8], page, table.concat(claimed, ',')) end
+if #claimed > 0 then
+  redis.call('HSET', bucket_key(ARGV[1], page), page, ARGV[3] .. '|' .. table.concat(claimed, ','))
+end
 table.insert(claimed, 1, 'committed')
 return claimed
