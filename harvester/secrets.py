@@ -7,6 +7,7 @@ anything it reports passes through :func:`redact` first.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -60,14 +61,29 @@ def secret_values(value: Any, env: Mapping[str, str] | None = None) -> list[str]
     return sorted(values, key=len, reverse=True)
 
 
-def redact(text: str, secrets: list[str]) -> str:
-    """``text`` with every secret value (raw or URL-quoted) replaced by ``***``."""
+def _secret_pattern(secret: str) -> re.Pattern[str]:
+    """Every form a secret takes in messages and URLs: raw, percent-encoded (either
+    case of hex digits, %20 or +), and escaped as in ``repr`` or JSON."""
     from urllib.parse import quote, quote_plus
 
+    def encoded(form: str) -> str:
+        # Only the hex digits of a %XX escape may differ in case.
+        parts = re.split(r"(%[0-9A-F]{2})", form)
+        return "".join(
+            f"%[{p[1]}{p[1].lower()}][{p[2]}{p[2].lower()}]" if re.fullmatch(r"%[0-9A-F]{2}", p)
+            else re.escape(p) for p in parts)
+
+    forms = {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1]}
+    patterns = {re.escape(form) for form in forms if form}
+    patterns |= {encoded(form) for form in (quote(secret, safe=""), quote_plus(secret)) if form}
+    return re.compile("|".join(sorted(patterns, key=len, reverse=True)))
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """``text`` with every form of every secret value replaced by ``***``."""
     for secret in secrets:
-        for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
-            if form:
-                text = text.replace(form, REDACTED)
+        if secret:
+            text = _secret_pattern(secret).sub(REDACTED, text)
     return text
 
 
@@ -77,12 +93,8 @@ def templatize(text: str, value: Any, env: Mapping[str, str] | None = None) -> s
     APIs often echo every query parameter into their next links, credentials
     included; a link is stored only after this.
     """
-    from urllib.parse import quote, quote_plus
-
     env = os.environ if env is None else env
     names = sorted((n for n in names_in(value) if env.get(n)), key=lambda n: -len(env[n]))
     for name in names:
-        secret = env[name]
-        for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
-            text = text.replace(form, "${" + name + "}")
+        text = _secret_pattern(env[name]).sub("${" + name + "}", text)
     return text

@@ -136,3 +136,16 @@ def test_secrets_echoed_into_next_urls_are_stored_as_templates():
     for form in ("s3cr/t k", "s3cr%2Ft%20k", "s3cr%2Ft+k"):
         assert templatize(f"{URL}?page=2&api_key={form}", value, env) == \
             f"{URL}?page=2&api_key=${{API_KEY}}"
+
+
+def test_every_form_of_a_secret_is_caught():
+    """Lower-case percent escapes, + for spaces, and repr/JSON escapes of a secret are all
+    redacted (and templatized); the same letters in another case are not rewritten."""
+    from harvester.secrets import redact
+
+    secret = "s3cr/t k\n"
+    for form in ("s3cr/t k\n", "s3cr%2Ft%20k%0A", "s3cr%2ft%20k%0a", "s3cr%2Ft+k%0A",
+                 "s3cr/t k\\n"):
+        assert redact(f"x={form};", [secret]) == "x=***;"
+        assert templatize(f"?k={form}", {"k": "${K}"}, {"K": secret}) == "?k=${K}"
+    assert templatize("?k=S3CR/T K", {"k": "${K}"}, {"K": "s3cr/t k"}) == "?k=S3CR/T K"
