@@ -50,10 +50,14 @@ def check_output_dir(spec: JobSpec, job_path: str | None = None) -> Path:
                              " output.dir or remove it", path=str(out_dir))
     claim = out_dir / CLAIM_FILE
     if claim.exists():
-        owner = claim.read_text(errors="replace").strip()
-        raise OutputDirError(f"is in use by job {owner}; choose another output.dir, or remove"
-                             f" {CLAIM_FILE} if that job is gone", path=str(out_dir))
+        raise _in_use(out_dir)
     return out_dir
+
+
+def _in_use(out_dir: Path) -> OutputDirError:
+    owner = (out_dir / CLAIM_FILE).read_text(errors="replace").strip()
+    return OutputDirError(f"is in use by job {owner}; choose another output.dir, or remove"
+                          f" {CLAIM_FILE} if that job is gone", path=str(out_dir))
 
 
 def claim_output_dir(spec: JobSpec, job_id: str, job_path: str | None = None) -> Path:
@@ -63,9 +67,7 @@ def claim_output_dir(spec: JobSpec, job_id: str, job_path: str | None = None) ->
     try:
         fd = os.open(out_dir / CLAIM_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        owner = (out_dir / CLAIM_FILE).read_text(errors="replace").strip()
-        raise OutputDirError(f"is in use by job {owner}; choose another output.dir, or remove"
-                             f" {CLAIM_FILE} if that job is gone", path=str(out_dir)) from None
+        raise _in_use(out_dir) from None
     with os.fdopen(fd, "w") as handle:
         handle.write(job_id + "\n")
     return out_dir

@@ -87,6 +87,11 @@ class JobSpec:
     limits: LimitsSpec = field(default_factory=LimitsSpec)
 
     @property
+    def templated(self) -> list[Any]:
+        """The parts of the job that may hold ``${VAR}`` templates."""
+        return [self.url, self.params, self.headers, self.json]
+
+    @property
     def records_path(self) -> str | None:
         return self.output.records_path or self.pagination.records_path
 

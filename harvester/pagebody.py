@@ -19,14 +19,13 @@ from typing import Any
 
 from .body import BodyInspector
 from .errors import InvalidJSON
-from .scan import JsonScanner
+from .scan import WHITESPACE, JsonScanner
 
 # In valid JSON a raw CR or LF can only be insignificant whitespace (inside a
 # string they must be escaped), so mapping them to spaces keeps the value
 # byte-for-byte the same while putting it on one JSON Lines line.
 ONE_LINE = bytes.maketrans(b"\r\n", b"  ")
 _BOM = b"\xef\xbb\xbf"
-_WS = b" \t\r\n"
 JSON_LINES_TYPES = frozenset({"application/x-ndjson", "application/jsonl",
                               "application/x-jsonlines", "application/jsonlines",
                               "application/json-lines", "application/x-json-lines"})
@@ -57,7 +56,7 @@ class _LineSplitter:
         for index, segment in enumerate(segments):
             ends = index < len(segments) - 1
             if not self.in_line:
-                segment = segment.lstrip(_WS)
+                segment = segment.lstrip(WHITESPACE)
                 if segment:
                     self.in_line = True
                     self.on_piece(segment, True)

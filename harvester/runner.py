@@ -268,7 +268,7 @@ class PageRunner:
             raise MissingSecretError(
                 f"environment variable {exc.args[0]} is not set on worker {self.worker_name}",
                 url=url) from None
-        hidden = secret_values([spec.url, spec.params, spec.headers, spec.json])
+        hidden = secret_values(spec.templated)
         resources = self._resources(job_id, spec)
         deadline = time.monotonic() + spec.http.page_deadline
 
@@ -288,9 +288,7 @@ class PageRunner:
                  resources: _JobResources, deadline: float) -> _Fetched:
         def check_redirect(target: str) -> None:
             # The target is resolved: report it with its secrets turned back into templates.
-            pagination.check_origin(spec, templatize(target, [spec.url, spec.params,
-                                                              spec.headers, spec.json]),
-                                    what="a redirect")
+            pagination.check_origin(spec, templatize(target, spec.templated), what="a redirect")
 
         with open_page(resources.session, resolved, headers=headers, http=spec.http, url=url,
                        secrets=hidden, check_redirect=check_redirect) as response:
@@ -343,7 +341,7 @@ class PageRunner:
                     "end_reason": following.end_reason}
         link = following.link
         if link.url is not None:
-            link = Link(url=templatize(link.url, [spec.url, spec.params, spec.headers, spec.json]))
+            link = Link(url=templatize(link.url, spec.templated))
         return {"total": page + 1, "close": False, "next_link": link, "end_reason": None}
 
     def _discard_last(self, job_id: str, commit: Commit) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from .errors import InvalidJSON
 
-_WS = b" \t\r\n"
+WHITESPACE = b" \t\r\n"
 _STRING_BODY = re.compile(rb'(?:[^"\\]++|\\.)*+', re.S)
 _STRUCTURE = re.compile(rb'[\[\]{}"]')
 _SCALAR_END = re.compile(rb"[,\]}]")
@@ -312,7 +312,7 @@ class _Value:
             end = _SCALAR_END.search(chunk, i)
             stop = end.start() if end else n
             # A number or literal has no inner whitespace; what follows it is not its own.
-            piece = chunk[start:stop].translate(None, _WS)
+            piece = chunk[start:stop].translate(None, WHITESPACE)
             if end is None:
                 self._out(piece)
                 return n

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from functools import lru_cache
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,6 +62,7 @@ def secret_values(value: Any, env: Mapping[str, str] | None = None) -> list[str]
     return sorted(values, key=len, reverse=True)
 
 
+@lru_cache(maxsize=64)
 def _secret_pattern(secret: str) -> re.Pattern[str]:
     """Every form a secret takes in messages and URLs: raw, percent-encoded (either
     case of hex digits, %20 or +), and escaped as in ``repr`` or JSON."""

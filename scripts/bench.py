@@ -28,8 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
-import psutil
-import redis
 import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry

@@ -3,7 +3,6 @@ worker processes and a running `harvest run`."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
