@@ -21,6 +21,7 @@ from .errors import (BrokerUnavailable, HarvesterError, JobNotFound, JobSpecErro
 from .job import load_job
 from .ledger import JobState
 from .local import LocalCluster
+from .outdir import check_output_dir
 from .progress import Progress
 from .settings import Settings, ledger_for
 
@@ -81,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
              " when the command ends)")
         return EXIT_USAGE
     spec = load_job(args.job)
-    coordinator.check_output_dir(spec, args.job)  # exits 2 before any broker is needed
+    check_output_dir(spec.output.dir, args.job)  # exits 2 before any broker is needed
     with context(args.local, args.workers, args.threads) as ctx:
         job_id = coordinator.submit(spec, ctx.ledger, ctx.dispatcher, ctx.settings,
                                     local=args.local, job_path=args.job)

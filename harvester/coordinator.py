@@ -7,19 +7,17 @@ from then on each resolved page claims the next ones (see ``lua/_prelude.lua``).
 
 from __future__ import annotations
 
-import os
 import secrets
-import tempfile
+from dataclasses import replace
 from datetime import datetime, timezone
-from pathlib import Path
 
 import structlog
 
 from . import pagination
-from .errors import HarvesterError, JobSpecError, OutputDirError
-from .finalizer import read_manifest
+from .errors import HarvesterError, JobSpecError
 from .job import JobSpec
 from .ledger import FINAL_STATES, Ledger
+from .outdir import claim_output_dir
 from .runner import Dispatcher
 from .settings import Settings
 
@@ -31,48 +29,6 @@ def new_job_id(spec: JobSpec) -> str:
     return f"{spec.name}-{stamp}-{secrets.token_hex(3)}"
 
 
-CLAIM_FILE = ".harvest-job"
-
-
-def check_output_dir(spec: JobSpec, job_path: str | None = None) -> Path:
-    """Create the output dir and check it is writable and free, before anything is enqueued."""
-    out_dir = Path(spec.output.dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=".probe-"):
-            pass
-    except OSError as exc:
-        raise JobSpecError(f"output dir {out_dir} is not writable: {exc.strerror or exc}",
-                           path=job_path, key="output.dir") from None
-    manifest = read_manifest(out_dir)
-    if manifest is not None:
-        raise OutputDirError(f"already holds job {manifest.get('job_id')}; choose another"
-                             " output.dir or remove it", path=str(out_dir))
-    claim = out_dir / CLAIM_FILE
-    if claim.exists():
-        raise _in_use(out_dir)
-    return out_dir
-
-
-def _in_use(out_dir: Path) -> OutputDirError:
-    owner = (out_dir / CLAIM_FILE).read_text(errors="replace").strip()
-    return OutputDirError(f"is in use by job {owner}; choose another output.dir, or remove"
-                          f" {CLAIM_FILE} if that job is gone", path=str(out_dir))
-
-
-def claim_output_dir(spec: JobSpec, job_id: str, job_path: str | None = None) -> Path:
-    """Claim the output dir for ``job_id``: an exclusive create, so two jobs can never
-    write one dir even when they start at the same moment."""
-    out_dir = check_output_dir(spec, job_path)
-    try:
-        fd = os.open(out_dir / CLAIM_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        raise _in_use(out_dir) from None
-    with os.fdopen(fd, "w") as handle:
-        handle.write(job_id + "\n")
-    return out_dir
-
-
 def submit(spec: JobSpec, ledger: Ledger, dispatcher: Dispatcher, settings: Settings, *,
            local: bool = False, job_path: str = "<job>") -> str:
     if spec.http.page_deadline + 60 > settings.visibility_timeout:
@@ -81,7 +37,8 @@ def submit(spec: JobSpec, ledger: Ledger, dispatcher: Dispatcher, settings: Sett
             f" ({settings.visibility_timeout:g} s, HARVEST_VISIBILITY_TIMEOUT), or a healthy"
             " page would be delivered twice", path=job_path, key="http.page_deadline")
     job_id = new_job_id(spec)
-    claim_output_dir(spec, job_id, job_path)
+    out_dir = claim_output_dir(spec.output.dir, job_id, job_path)
+    spec = replace(spec, output=replace(spec.output, dir=str(out_dir)))
     # A chain, or a fan-out that learns its total from page 1, starts with page 1
     # alone; the pages it names (or counts) are added as it commits.
     total = pagination.known_total(spec) if pagination.is_fan_out(spec) else None

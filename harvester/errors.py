@@ -20,7 +20,11 @@ carries the context a person needs to act on it::
         │   ├── InvalidJSON     not complete, valid JSON (HTML error pages too)
         │   └── DeadlineExceeded  stalled past timeout_read or over page_deadline
         ├── MissingSecretError  a ${VAR} the worker's environment lacks
-        └── PaginationError     a pagination rule failed (e.g. total missing)
+        ├── BadSecretValue      a resolved ${VAR} that cannot be sent (e.g. non-Latin-1 in a header)
+        ├── PaginationError     a pagination rule failed (e.g. total missing, value too large)
+        │   └── UnsafeURL       a URL from the API that parsers read differently, or unparseable
+        │       └── ForeignOrigin   a request that would leave the job's origin
+        └── InternalError       an unexpected exception inside a page (a bug): the page fails
 
 Dependencies' exceptions (requests, urllib3, redis, OSError) are translated
 into these at the module that touches them, so callers never see them.
@@ -145,5 +149,30 @@ class MissingSecretError(PageError):
     retryable = False
 
 
+class BadSecretValue(PageError):
+    """A resolved secret that cannot be sent where the job puts it; nothing was sent."""
+
+    retryable = False
+
+
 class PaginationError(PageError):
     retryable = False
+
+
+class UnsafeURL(PaginationError):
+    """A URL the API named that could be read two ways, or not at all: never requested."""
+
+
+class ForeignOrigin(UnsafeURL):
+    """A request that would go to another origin than the job's: never sent."""
+
+
+class InternalError(PageError):
+    """An exception nobody expected inside a page. The page fails with it (never a
+    hung job); ``error_class`` names the original exception."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, error_class: str, url: str | None = None):
+        self.error_class = error_class
+        super().__init__(message, url=url)

@@ -4,6 +4,11 @@ This is the only module that talks HTTP. It turns requests' and urllib3's
 exceptions into :mod:`harvester.errors` ones, with any resolved secret
 redacted from their messages.
 
+Every request, first hop or redirect, is prepared here and its origin checked
+on the prepared URL with the parser urllib3 connects with
+(:func:`harvester.origin.check_request`) before a byte is sent: this is the one
+choke point that keeps credentials on the job's origin.
+
 urllib3's ``Retry`` handles what happens *before* a response is returned
 (connect errors, retryable statuses, Retry-After). Errors inside the body are
 never retried there: :func:`read_body` raises them and the page loop decides.
@@ -13,11 +18,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 from urllib.request import getproxies
 
 import requests
@@ -28,14 +33,24 @@ from urllib3.exceptions import (DecodeError, IncompleteRead, ProtocolError, Read
 from urllib3.util.retry import Retry
 
 from .backoff import parse_retry_after
-from .errors import (DeadlineExceeded, HTTPStatusError, PageError, TransportError,
-                     TruncatedBody)
+from .errors import (BadSecretValue, DeadlineExceeded, HTTPStatusError, PageError,
+                     TransportError, TruncatedBody, UnsafeURL)
 from .job import HttpSpec
-from .pagination import PageRequest
-from .secrets import redact
+from .origin import Origin, check_api_url, check_request, origin_of
+from .pagination import PageRequest, joined_url
+from .secrets import SecretSet
 
 CHUNK_BYTES = 1 << 20
 USER_AGENT = "harvester/0.1 (+https://github.com/harvester)"
+
+
+class _Session(requests.Session):
+    """A Session that never looks at a redirect itself: :func:`open_page` follows them,
+    each hop checked. (requests parses a hostile Location even with
+    ``allow_redirects=False``, to offer ``response.next``, and raises on some.)"""
+
+    def resolve_redirects(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        return iter(())
 
 
 def build_session(http: HttpSpec, origin_url: str, pool_size: int = 4) -> requests.Session:
@@ -62,7 +77,7 @@ def build_session(http: HttpSpec, origin_url: str, pool_size: int = 4) -> reques
         raise_on_status=False,
     )
     adapter = HTTPAdapter(max_retries=retry, pool_connections=pool_size, pool_maxsize=pool_size)
-    session = requests.Session()
+    session = _Session()
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers["User-Agent"] = USER_AGENT
@@ -77,12 +92,57 @@ def build_session(http: HttpSpec, origin_url: str, pool_size: int = 4) -> reques
 
 def display_url(request: PageRequest) -> str:
     """The request's URL with its query, ``${...}`` templates left readable."""
+    url = request.url.render()
     if not request.params:
-        return request.url
-    parts = urlsplit(request.url)
-    query = urlencode(request.params, safe="${}")
+        return url
+    params = {k: v.render() if hasattr(v, "render") else v for k, v in request.params.items()}
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    query = urlencode(params, safe="${}")
     query = f"{parts.query}&{query}" if parts.query else query
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
+@dataclass(frozen=True)
+class ResolvedRequest:
+    """A page's request with its secrets filled in: never stored, never logged."""
+
+    method: str
+    url: str
+    params: dict[str, Any]
+    json: Any = None
+    from_api: bool = False  # the URL is one the API named (a next URL or Link)
+
+
+def job_origin(resolved_url: str) -> Origin:
+    """The origin of the job's own URL, as requests prepares and urllib3 reads it."""
+    try:
+        prepared = requests.Request("GET", resolved_url).prepare().url
+    except (requests.RequestException, ValueError) as exc:
+        raise UnsafeURL(f"the job's url cannot be prepared: {type(exc).__name__}") from None
+    return origin_of(prepared)
+
+
+def check_sendable(headers: dict[str, str], url: str) -> None:
+    """Refuse resolved values HTTP cannot carry, before anything is sent.
+
+    Messages name the header, never its value: the value holds a secret.
+    """
+    for name, value in headers.items():
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError as exc:
+            raise BadSecretValue(
+                f"header {name!r} holds a character HTTP headers cannot carry (not Latin-1,"
+                f" at position {exc.start}); check the ${{...}} variables it uses") from None
+        if any(c in value for c in "\r\n\x00"):
+            raise BadSecretValue(f"header {name!r} holds a line break or NUL; check the"
+                                 " ${...} variables it uses")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in url):
+        raise BadSecretValue("the URL holds a control character once its ${...} variables are"
+                             " filled in; check them")
 
 
 @dataclass(frozen=True)
@@ -98,33 +158,42 @@ MAX_REDIRECTS = 10
 
 
 @contextmanager
-def open_page(session: requests.Session, request: PageRequest, *, headers: dict[str, str],
-              http: HttpSpec, url: str, secrets: list[str],
-              check_redirect: Callable[[str], None] = lambda target: None
-              ) -> Iterator[Response]:
-    """Send ``request`` (already resolved) and yield its response, unread.
+def open_page(session: requests.Session, request: ResolvedRequest, *, headers: dict[str, str],
+              http: HttpSpec, url: str, secrets: SecretSet, origin: Origin,
+              allow_hosts: tuple[str, ...] = ()) -> Iterator[Response]:
+    """Send ``request`` and yield its response, unread.
 
     ``url`` is the display URL used in errors. A non-2xx status raises
-    :class:`HTTPStatusError`. Redirects are followed here, not by requests:
-    requests would forward the job's headers (all but Authorization) and a
-    307/308 body to any host, so each hop's target must pass ``check_redirect``
-    (the job's origin check) before anything is sent to it.
+    :class:`HTTPStatusError`. Each hop is prepared, then its origin checked
+    against ``origin`` on the prepared URL before it is sent. Redirects are
+    followed here, not by requests: requests would forward the job's headers
+    (all but Authorization) and a 307/308 body to any host.
     """
     method, target = request.method, request.url
     params, body = request.params or None, request.json
+    what = "the next page" if request.from_api else "the job's url"
     for _ in range(MAX_REDIRECTS + 1):
         try:
-            response = session.request(
-                method, target, params=params, json=body, headers=headers, stream=True,
-                allow_redirects=False, timeout=(http.timeout_connect, http.timeout_read))
+            if request.from_api or what == "a redirect":
+                check_api_url(target, what)
+            prepared = _prepare(session, method, target, params, body, headers, secrets)
+            check_request(prepared.url, origin, allow_hosts, what)
+        except PageError as exc:
+            exc.url = exc.url or url
+            raise
+        try:
+            # stream, verify, proxies and cert, as session.request would pass them.
+            settings = session.merge_environment_settings(prepared.url, {}, True, None, None)
+            response = session.send(prepared, allow_redirects=False,
+                                    timeout=(http.timeout_connect, http.timeout_read), **settings)
         except requests.RequestException as exc:
             raise _transport_error(exc, url, secrets) from None
         if not response.is_redirect:
             break
-        following = urljoin(response.url, response.headers["Location"])
+        following = joined_url(response.url, response.headers["Location"])
         status = response.status_code
         response.close()
-        check_redirect(following)
+        what = "a redirect"
         if status in (301, 302, 303) and method != "HEAD":
             method, body = "GET", None  # what browsers and requests do
         target, params = following, None
@@ -134,7 +203,8 @@ def open_page(session: requests.Session, request: PageRequest, *, headers: dict[
         history = getattr(response.raw, "retries", None)
         attempts = 1 + (len(history.history) if history is not None else 0)
         if not 200 <= response.status_code < 300:
-            error = HTTPStatusError(f"HTTP {response.status_code} {response.reason or ''}".strip(),
+            reason = secrets.redact(_printable(response.reason or ""))[:200]
+            error = HTTPStatusError(f"HTTP {response.status_code} {reason}".strip(),
                                     url=url, status=response.status_code, attempts=attempts)
             error.retry_after = parse_retry_after(response.headers.get("Retry-After"))
             raise error
@@ -144,8 +214,21 @@ def open_page(session: requests.Session, request: PageRequest, *, headers: dict[
         response.close()
 
 
+def _prepare(session: requests.Session, method: str, target: str, params: Any, body: Any,
+             headers: dict[str, str], secrets: SecretSet) -> requests.PreparedRequest:
+    try:
+        return session.prepare_request(requests.Request(
+            method, target, params=params, json=body, headers=headers))
+    except (requests.RequestException, ValueError) as exc:
+        raise UnsafeURL(f"cannot prepare the request: {_describe(exc, secrets)}") from None
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def read_body(response: Response, *, deadline: float, http: HttpSpec, url: str,
-              secrets: list[str]) -> Iterator[bytes]:
+              secrets: SecretSet) -> Iterator[bytes]:
     """Yield the decoded body in chunks as they arrive, enforcing the page deadline.
 
     ``read1`` returns whatever bytes are there (up to 1 MiB), so a slow drip
@@ -174,7 +257,7 @@ def read_body(response: Response, *, deadline: float, http: HttpSpec, url: str,
         yield chunk
 
 
-def _transport_error(exc: requests.RequestException, url: str, secrets: list[str]) -> PageError:
+def _transport_error(exc: requests.RequestException, url: str, secrets: SecretSet) -> PageError:
     kind = {
         requests.ConnectTimeout: "connect timed out",
         requests.ReadTimeout: "no response before timeout_read",
@@ -184,7 +267,7 @@ def _transport_error(exc: requests.RequestException, url: str, secrets: list[str
     return TransportError(f"{kind}: {_describe(exc, secrets)}", url=url)
 
 
-def _describe(exc: BaseException, secrets: list[str]) -> str:
+def _describe(exc: BaseException, secrets: SecretSet) -> str:
     # urllib3 messages embed the request path and query; secrets may be there.
     text = str(exc) or type(exc).__name__
-    return redact(text, secrets)[:500]
+    return secrets.redact(_printable(text))[:500]

@@ -23,6 +23,7 @@ from .errors import OutputDirError
 from .ledger import Ledger
 from .manifest import (FAILED, MANIFEST, SUCCESS, merge_manifest, plan_from_json, plan_parts,
                        plan_to_json, shard_entry)
+from .outdir import CLAIM_FILE, inside
 from .storage import SEGMENTS_DIR, fsync_dir, write_part
 
 log = structlog.get_logger("harvester.finalizer")
@@ -92,7 +93,7 @@ def finalize(ledger: Ledger, job_id: str, *, part_bytes: int, worker: str = "?")
     # The sealed segments go before the job is marked final, so that no worker can
     # append to one of them afterwards (it would start a new segment instead).
     for relative in plan["segment_paths"]:
-        (out_dir / relative).unlink(missing_ok=True)
+        inside(out_dir, relative).unlink(missing_ok=True)
     ledger.finish(job_id, generation=generation, sealed=plan["segments"], state=final_state)
     shutil.rmtree(work_dir, ignore_errors=True)
     try:
@@ -134,7 +135,7 @@ def _make_plan(ledger: Ledger, job_id: str, out_dir: Path, generation: int,
     base = read_manifest(out_dir)
     if base is not None and base.get("job_id") != job_id:
         raise OutputDirError(f"already holds job {base.get('job_id')}", path=str(out_dir))
-    claim = out_dir / ".harvest-job"
+    claim = out_dir / CLAIM_FILE
     owner = claim.read_text(errors="replace").strip() if claim.exists() else None
     if owner != job_id:
         raise OutputDirError(f"is claimed by job {owner}, not {job_id}" if owner else

@@ -9,18 +9,27 @@ naming the file and the dotted key. ``${ENV}`` templates are kept verbatim
 from __future__ import annotations
 
 import math
+import os
 import re
 import tomllib
 from datetime import date, time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
-from .errors import JobSpecError
+from .errors import JobSpecError, UnsafeURL
+from .origin import check_api_url
 from .secrets import TEMPLATE
 
 JOB_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# The largest page count a job may have, configured or announced by an API:
+# far above any real API, far below what breaks arithmetic (Lua numbers are doubles).
+MAX_PAGES = 100_000_000
+# A job file is copied into Redis, the manifest and every worker: keep it small.
+MAX_JOB_FILE_BYTES = 1 << 20
+MAX_VALUE_CHARS = 64 * 1024  # one header, param or json string
+MAX_URL_CHARS = 16 * 1024
 STYLES = ("page", "offset", "cursor", "next_url", "link")
 # Styles whose page count is known (or learnt from page 1) and so fan out to all
 # workers at once; the others form a chain where each page names its successor.
@@ -134,6 +143,11 @@ def _one_of(*choices: str) -> Check:
     return lambda value: None if value in choices else f"must be one of {', '.join(choices)}"
 
 
+def _page_count(value: Any) -> str | None:
+    return _positive(value) or (None if value <= MAX_PAGES else
+                                f"must be at most {MAX_PAGES:,} pages")
+
+
 def _in_range(low: int, high: int) -> Check:
     return lambda value: None if low <= value <= high else f"must be between {low} and {high}"
 
@@ -168,7 +182,7 @@ SECTIONS: dict[str, Schema] = {
         "style": ((str,), True, _one_of(*STYLES)),
         "param": ((str,), False, None),
         "start": ((int,), False, _non_negative),
-        "pages": ((int,), False, _positive),
+        "pages": ((int,), False, _page_count),
         "total_pages_path": ((str,), False, _json_path),
         "offset_param": ((str,), False, None),
         "limit_param": ((str,), False, None),
@@ -180,7 +194,7 @@ SECTIONS: dict[str, Schema] = {
         "next_url_path": ((str,), False, _json_path),
         "records_path": ((str,), False, _json_path),
         "stop_on_empty": ((bool,), False, None),
-        "max_pages": ((int,), False, _positive),
+        "max_pages": ((int,), False, _page_count),
         "allow_hosts": ((list,), False, None),
     },
     "http": {
@@ -246,9 +260,25 @@ def _check_section(name: str, table: Any, path: str) -> dict[str, Any]:
 
 def _check_url(url: str, path: str, key: str) -> None:
     # Templates may sit in the URL; check its shape with them filled in.
-    probe = urlsplit(TEMPLATE.sub("x", url))
+    if len(url) > MAX_URL_CHARS:
+        raise JobSpecError(f"is {len(url):,} characters long, over {MAX_URL_CHARS:,}",
+                           path=path, key=key)
+    probe_text = TEMPLATE.sub("x", url)
+    try:
+        probe = urlsplit(probe_text)
+        probe.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise JobSpecError(f"is not a valid URL: {exc} (got {url!r})", path=path,
+                           key=key) from None
     if probe.scheme not in ("http", "https") or not probe.hostname:
         raise JobSpecError(f"must be an absolute http(s) URL (got {url!r})", path=path, key=key)
+    try:
+        # The same rules as for a URL the API names, but user info is the job's own to give.
+        check_api_url(probe_text.replace(probe.netloc, probe.netloc.rpartition("@")[2], 1),
+                      "the job's url")
+    except UnsafeURL as exc:
+        raise JobSpecError(str(exc).replace("; no request was sent", ""), path=path,
+                           key=key) from None
 
 
 def _check_scalar_table(table: dict, path: str, key: str, *, numbers: bool) -> None:
@@ -258,6 +288,28 @@ def _check_scalar_table(table: dict, path: str, key: str, *, numbers: bool) -> N
         if isinstance(value, bool) or not isinstance(value, allowed):
             raise JobSpecError(f"must be {what}, not {type(value).__name__}",
                                path=path, key=f"{key}.{name}")
+        for text, part in ((name, "name"), (value, "value")):
+            if isinstance(text, str) and len(text) > MAX_VALUE_CHARS:
+                raise JobSpecError(f"the {part} is {len(text):,} characters long, over"
+                                   f" {MAX_VALUE_CHARS:,}", path=path, key=f"{key}.{name[:64]}")
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _check_headers(headers: dict, path: str) -> None:
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise JobSpecError("is not a valid HTTP header name", path=path,
+                               key=f"job.headers.{name[:64]}")
+        text = TEMPLATE.sub("x", value)
+        try:
+            text.encode("latin-1")
+        except UnicodeEncodeError:
+            raise JobSpecError("holds a character HTTP headers cannot carry (not Latin-1)",
+                               path=path, key=f"job.headers.{name}") from None
+        if any(c in text for c in "\r\n\x00"):
+            raise JobSpecError("holds a line break or NUL", path=path, key=f"job.headers.{name}")
 
 
 def _check_json_value(value: Any, path: str, key: str) -> None:
@@ -267,6 +319,9 @@ def _check_json_value(value: Any, path: str, key: str) -> None:
                            path=path, key=key)
     if isinstance(value, float) and not math.isfinite(value):
         raise JobSpecError("inf and nan cannot be sent as JSON", path=path, key=key)
+    if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
+        raise JobSpecError(f"is {len(value):,} characters long, over {MAX_VALUE_CHARS:,}",
+                           path=path, key=key)
     if isinstance(value, dict):
         for name, item in value.items():
             _check_json_value(item, path, f"{key}.{name}")
@@ -287,6 +342,9 @@ def _check_pagination(p: dict[str, Any], output: dict[str, Any], path: str) -> N
             raise JobSpecError(f"give either pagination.{a} or pagination.{b}, not both",
                                path=path, key=f"pagination.{b}")
 
+    if "total" in p and p["total"] > MAX_PAGES * p.get("limit", 100):
+        raise JobSpecError(f"must be at most {MAX_PAGES:,} pages of limit records",
+                           path=path, key="pagination.total")
     if style == "page":
         forbid_both("pages", "total_pages_path")
         if "pages" not in p and "total_pages_path" not in p and "max_pages" not in p \
@@ -329,6 +387,7 @@ def parse_job(document: dict[str, Any], path: str = "<job>") -> JobSpec:
     _check_scalar_table(job.get("params", {}), path, "job.params", numbers=True)
     _check_json_value(job.get("params", {}), path, "job.params")
     _check_scalar_table(job.get("headers", {}), path, "job.headers", numbers=False)
+    _check_headers(job.get("headers", {}), path)
     _check_json_value(job.get("json"), path, "job.json")
     if "json" in job and job.get("method", "GET") != "POST":
         raise JobSpecError("is only sent with method = 'POST'", path=path, key="job.json")
@@ -351,18 +410,25 @@ def load_job(path: str | Path, base_dir: str | Path | None = None) -> JobSpec:
     """Read, validate and return the job at ``path``.
 
     ``output.dir`` is made absolute against ``base_dir`` (default: the current
-    directory, as a user running ``harvest run`` from a shell expects).
+    directory, as a user running ``harvest run`` from a shell expects) but not
+    resolved: the output-dir check must see a symlink to refuse it.
     """
     path = Path(path)
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_JOB_FILE_BYTES + 1)
+        if len(data) > MAX_JOB_FILE_BYTES:
+            raise JobSpecError(f"job file is over {MAX_JOB_FILE_BYTES // 1024:,} KiB; a job file"
+                               " holds settings, not data", path=str(path))
+        document = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise JobSpecError("no such job file", path=str(path)) from None
+    except IsADirectoryError:
+        raise JobSpecError("is a directory, not a job file", path=str(path)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise JobSpecError(f"cannot read job file: {exc}", path=str(path)) from None
     except tomllib.TOMLDecodeError as exc:
         raise JobSpecError(f"not valid TOML: {exc}", path=str(path)) from None
     spec = parse_job(document, str(path))
-    out_dir = Path(base_dir or Path.cwd()) / spec.output.dir
-    output = OutputSpec(**{**asdict(spec.output), "dir": str(out_dir.resolve())})
-    return JobSpec(**{**{f: getattr(spec, f) for f in spec.__dataclass_fields__}, "output": output})
+    out_dir = Path(os.path.join(base_dir or os.getcwd(), spec.output.dir))
+    return replace(spec, output=replace(spec.output, dir=str(out_dir)))

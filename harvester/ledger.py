@@ -5,6 +5,8 @@ Keys of job ``J`` (the ``{J}`` hash tag keeps them in one cluster slot)::
     hv:{J}:job        hash    spec, state, total, open, next_page, window, counts, times
     hv:{J}:c:<n>      hash    page -> "segment:offset:length:raw:lines[|claimed pages]",
                               128 pages per hash so Redis keeps each a compact listpack
+    hv:{J}:buckets    set     the <n> of every c:<n> hash that exists, so walking the
+                              commits costs what was committed, not what was announced
     hv:{J}:segs       hash    segment id -> path relative to the output dir
     hv:{J}:sealed     set     segment ids already sealed into parts
     hv:{J}:failed     hash    page -> failure record (JSON)
@@ -23,7 +25,9 @@ Page states are implicit: *committed* (in a ``c`` hash), *failed* (in
 ``failed``), *leased* (queued or running, in ``lease``), else *pending*. The
 Lua scripts beside this module make each transition atomic; this is the only
 module that talks to Redis, and it turns redis-py errors into
-:class:`~harvester.errors.BrokerUnavailable`.
+:class:`~harvester.errors.BrokerUnavailable`. Free text a worker stores (failure
+records, finalizer errors) passes :func:`~harvester.secrets.scrub` here first,
+so no resolved secret reaches Redis or its AOF.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import structlog
 
 from .errors import BrokerUnavailable, JobNotFound
 from .job import JobSpec
+from .secrets import scrub, scrub_value
 
 log = structlog.get_logger("harvester.ledger")
 
@@ -283,7 +288,7 @@ class Ledger:
         digest = hashlib.sha1(identity.encode()).hexdigest()[:24] if identity else ""
         result = self.run_script(
             "commit", [self.key(job_id, n) for n in ("job", "lease", "tries", "failed", "todo",
-                                                       "links", "seen", "owner")],
+                                                       "links", "seen", "owner", "buckets")],
             [self.prefix(job_id), commit.page, commit.encode(), commit.raw_bytes, commit.length,
              commit.lines, "" if total is None else total, "1" if close else "0",
              now_ms() + self.queued_ms, now_ms() + self.lease_ms,
@@ -301,7 +306,7 @@ class Ledger:
         result = self.run_script(
             "fail", [self.key(job_id, n) for n in ("job", "lease", "failed", "todo", "owner",
                                                      "claims")],
-            [self.prefix(job_id), page, json.dumps(record, separators=(",", ":")),
+            [self.prefix(job_id), page, json.dumps(scrub_value(record), separators=(",", ":")),
              "1" if close else "0", now_ms() + self.queued_ms, now_ms() + self.lease_ms])
         return result[0], [int(p) for p in result[1:]]
 
@@ -347,10 +352,11 @@ class Ledger:
     # -------------------------------------------------------------- finalizer
 
     def commits(self, job_id: str) -> Iterator[Commit]:
-        """Every committed page, in page order."""
-        state = self.state(job_id)
-        highest = max(state.total, int(self.field(job_id, "next_page") or 1))
-        for bucket in range(highest // BUCKET + 1):
+        """Every committed page, in page order: one read per bucket that holds a commit,
+        whatever total the API announced."""
+        buckets = sorted(int(b) for b in self._call(self.redis.smembers,
+                                                    self.key(job_id, "buckets")))
+        for bucket in buckets:
             entries = self._call(self.redis.hgetall, f"{self.prefix(job_id)}:c:{bucket}")
             for page in sorted(entries, key=int):
                 yield Commit.decode(int(page), entries[page])
@@ -385,7 +391,7 @@ class Ledger:
 
     def record_finalizer_error(self, job_id: str, message: str) -> int:
         return int(self._pipeline(lambda pipe: (
-            pipe.hset(self.key(job_id, "job"), "finalize_error", message[:1000]),
+            pipe.hset(self.key(job_id, "job"), "finalize_error", scrub(message)[:1000]),
             pipe.hincrby(self.key(job_id, "job"), "finalize_failures", 1)))[1])
 
     def renew_finalizer(self, job_id: str) -> None:

@@ -4,6 +4,10 @@ structlog renders both: our events carry job id, page and attempt bound through
 ``structlog.contextvars``; stdlib records (Celery, kombu) pass through the same
 processors via ``ProcessorFormatter``. ``HARVEST_LOG_FORMAT=json`` gives one
 JSON object per line.
+
+Every line, of every library, leaves through :class:`RedactingFormatter`, which
+replaces any secret this process has resolved (in any of its spellings) with
+``***``: redaction at the edge, not at each call site.
 """
 
 from __future__ import annotations
@@ -12,6 +16,15 @@ import logging
 import sys
 
 import structlog
+
+from .secrets import scrub
+
+
+class RedactingFormatter(structlog.stdlib.ProcessorFormatter):
+    """The structlog formatter, with every rendered line (traceback included) scrubbed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
 
 
 def configure(log_format: str = "console", level: int | str = logging.INFO) -> None:
@@ -29,7 +42,7 @@ def configure(log_format: str = "console", level: int | str = logging.INFO) -> N
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
-    formatter = structlog.stdlib.ProcessorFormatter(
+    formatter = RedactingFormatter(
         foreign_pre_chain=shared,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info, renderer],

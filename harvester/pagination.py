@@ -30,18 +30,28 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
-from .errors import PaginationError
-from .job import FAN_OUT_STYLES, JobSpec
+from .errors import PaginationError, UnsafeURL
+from .job import FAN_OUT_STYLES, MAX_PAGES, JobSpec
+from .scan import Unreadable
+from .secrets import SecretSet, Template
 
 
 @dataclass(frozen=True)
 class PageRequest:
-    """One page's request, with ``${...}`` templates still unresolved."""
+    """One page's request, its secrets still holes (``${...}``) in templates.
+
+    ``url`` is a :class:`Template` (a job-file string is parsed into one); param
+    values are job-file data or, for a cursor, a captured :class:`Template`.
+    """
 
     method: str
-    url: str
+    url: Template
     params: dict[str, Any]
     json: Any = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.url, str):
+            object.__setattr__(self, "url", Template.parse(self.url))
 
 
 def is_fan_out(spec: JobSpec) -> bool:
@@ -56,25 +66,39 @@ def is_fan_out(spec: JobSpec) -> bool:
 
 @dataclass(frozen=True)
 class Link:
-    """How to ask for a chained page: a cursor, a URL, or (page/offset) a number."""
+    """How to ask for a chained page: a cursor, a URL, or (page/offset) a number.
 
-    cursor: str | None = None
-    url: str | None = None
+    Both come from the API, so both are :class:`Template` captures: a job secret
+    the API echoed is a hole, never stored in clear. Plain strings are taken
+    as literal text.
+    """
 
-    def to_dict(self) -> dict[str, str]:
-        return {k: v for k, v in (("cursor", self.cursor), ("url", self.url)) if v is not None}
+    cursor: Template | None = None
+    url: Template | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cursor", "url"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, Template.literal(value))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v.to_json() for k, v in (("cursor", self.cursor), ("url", self.url))
+                if v is not None}
 
     @classmethod
-    def from_dict(cls, data: dict[str, str] | None) -> "Link | None":
-        return cls(**data) if data else None
+    def from_dict(cls, data: dict[str, Any] | None) -> "Link | None":
+        if not data:
+            return None
+        return cls(**{k: Template.from_json(v) for k, v in data.items()})
 
     @property
     def identity(self) -> str | None:
         """What must never repeat within a job (the loop check)."""
         if self.cursor is not None:
-            return f"cursor:{self.cursor}"
+            return f"cursor:{self.cursor.render()}"
         if self.url is not None:
-            return f"url:{self.url}"
+            return f"url:{self.url.render()}"
         return None
 
 
@@ -108,15 +132,38 @@ def total_path(spec: JobSpec) -> str | None:
 
 
 def total_from_value(spec: JobSpec, value: Any) -> int:
-    """The page count from the value found at :func:`total_path` on page 1."""
+    """The page count from the value found at :func:`total_path` on page 1.
+
+    The value is hostile: anything but a whole number from 0 to what
+    :data:`MAX_PAGES` pages hold fails page 1 with the reason.
+    """
     p = spec.pagination
+    path = total_path(spec)
+    if isinstance(value, Unreadable):
+        raise PaginationError(f"the total at {path} cannot be read: {value.reason}")
     # The body parser reads non-integers as Decimal (exact), e.g. 3.0 or 1.5e3.
+    finite = value.is_finite() if isinstance(value, Decimal) else \
+        isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)) \
-            or not math.isfinite(value) or value < 0 or value != int(value):
-        raise PaginationError(f"{total_path(spec)} must be a whole number >= 0, got {value!r}")
+            or not finite or value < 0:
+        raise PaginationError(f"{path} must be a whole number >= 0, got {_shown(value)}")
+    per_page = 1 if p.style == "page" else p.limit
+    # Compared before int(): int() of 1e999999999 would take the worker's memory.
+    if value > Decimal(MAX_PAGES) * per_page:
+        raise PaginationError(
+            f"{path} = {_shown(value)} announces more than {MAX_PAGES:,} pages; the harvester"
+            " refuses totals that large (an API error, or set pagination.pages / total and"
+            " max_pages yourself)")
+    if value != int(value):
+        raise PaginationError(f"{path} must be a whole number >= 0, got {_shown(value)}")
     total = int(value) if p.style == "page" else math.ceil(int(value) / p.limit)
     # An API that reports 0 pages still answered page 1: the job has that one page.
     return _capped(max(total, 1), p.max_pages) or 1
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if not isinstance(value, Decimal) else str(value)
+    return text if len(text) <= 80 else text[:80] + "..."
 
 
 def _capped(total: int | None, max_pages: int | None) -> int | None:
@@ -137,6 +184,7 @@ def request_for(spec: JobSpec, page: int, link: Link | None = None) -> PageReque
         if link is None or link.url is None:
             raise PaginationError(f"page {page} has no next URL recorded")
         return _follow_url(spec, link.url)
+    wire: dict[str, Any]
     if p.style == "cursor":
         if page > 1 and (link is None or link.cursor is None):
             raise PaginationError(f"page {page} has no cursor recorded")
@@ -157,9 +205,13 @@ def request_for(spec: JobSpec, page: int, link: Link | None = None) -> PageReque
 
 
 
-def _follow_url(spec: JobSpec, url: str) -> PageRequest:
+def _follow_url(spec: JobSpec, url: Template) -> PageRequest:
     """A next URL as given, plus the job's params it does not already carry."""
-    present = {key for key, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
+    try:
+        query = urlsplit(url.render()).query
+    except ValueError as exc:
+        raise UnsafeURL(f"the next URL cannot be parsed: {exc}") from None
+    present = {key for key, _ in parse_qsl(query, keep_blank_values=True)}
     extra = {k: v for k, v in spec.params.items() if k not in present}
     # A next URL is a GET of what the API named, whatever the first request was.
     return PageRequest(method="GET", url=url, params=extra, json=None)
@@ -188,29 +240,43 @@ def counts_records(spec: JobSpec) -> bool:
 
 
 def next_after(spec: JobSpec, page: int, url: str, values: dict[str, Any],
-               link_header: str | None, records: int | None) -> Next:
+               link_header: str | None, records: int | None,
+               secrets: SecretSet | None = None) -> Next:
     """Apply the stop rules (see the module docstring) to a read chained page.
 
     ``url`` is the page's own (resolved) URL, against which relative links are
-    resolved; ``records`` is its record count when counted.
+    resolved; ``records`` is its record count when counted. Only null, a missing
+    value or "" ends a chain: a value of the wrong type, or one too large to
+    read, raises :class:`PaginationError`; it never reads as the end. The link
+    is captured with ``secrets`` (see :meth:`SecretSet.capture`).
     """
     p = spec.pagination
+    secrets = secrets or SecretSet({})
     link: Link | None = None
     if p.style == "cursor":
-        cursor = values.get(p.cursor_path)
-        if cursor is None or cursor == "" or isinstance(cursor, (dict, list)):
+        cursor = _chain_value(values, p.cursor_path, "cursor")
+        if cursor is None:
             return Next(None, f"no cursor at {p.cursor_path}")
-        link = Link(cursor=str(cursor) if not isinstance(cursor, bool) else str(cursor).lower())
+        if isinstance(cursor, (dict, list, bool)):
+            raise PaginationError(f"the cursor at {p.cursor_path} is {_json_type(cursor)}, not a"
+                                  " string or number: cannot be sent")
+        link = Link(cursor=secrets.capture(str(cursor)))
     elif p.style == "next_url":
-        target = values.get(p.next_url_path)
-        if not isinstance(target, str) or not target:
+        target = _chain_value(values, p.next_url_path, "next URL")
+        if target is None:
             return Next(None, f"no next URL at {p.next_url_path}")
-        link = Link(url=urljoin(url, target))
+        if not isinstance(target, str):
+            raise PaginationError(f"the next URL at {p.next_url_path} is {_json_type(target)},"
+                                  " not a string")
+        link = Link(url=secrets.capture(joined_url(url, target)))
     elif p.style == "link":
         target = next_link(link_header)
         if target is None:
+            if link_header and re.search(r"next", link_header, re.I):
+                raise PaginationError('the Link header mentions "next" but cannot be parsed;'
+                                      " refusing to read it as the end")
             return Next(None, 'no Link rel="next"')
-        link = Link(url=urljoin(url, target))
+        link = Link(url=secrets.capture(joined_url(url, target)))
     if p.stop_on_empty and records == 0:
         return Next(None, "empty page (stop_on_empty)")
     if p.max_pages is not None and page >= p.max_pages:
@@ -218,30 +284,29 @@ def next_after(spec: JobSpec, page: int, url: str, values: dict[str, Any],
     return Next(link or Link())
 
 
-def origin(url: str) -> tuple[str, str, int]:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or {"http": 80, "https": 443}.get(scheme, 0)
-    return scheme, (parts.hostname or "").lower(), port
+def _chain_value(values: dict[str, Any], path: str, what: str) -> Any:
+    """The value at ``path``, None for null / missing / "" (the end of a chain)."""
+    value = values.get(path)
+    if isinstance(value, Unreadable):
+        raise PaginationError(f"the {what} at {path} cannot be read ({value.reason}); refusing"
+                              " to read it as the end of the chain")
+    return None if value is None or value == "" else value
 
 
-def origin_text(url: str) -> str:
-    scheme, host, port = origin(url)
-    return f"{scheme}://{host}:{port}"
+def joined_url(base: str, target: str) -> str:
+    """``target`` resolved against the page's URL; hostile text is kept as sent
+    (the request check refuses it, failing the page it leads to)."""
+    if "\\" in target or any(ord(c) < 0x21 or c == "\x7f" for c in target):
+        return target
+    try:
+        return urljoin(base, target)
+    except ValueError:
+        return target
 
 
-def check_origin(spec: JobSpec, url: str, what: str = "next page") -> None:
-    """Refuse a request to any origin but the job's own or an ``allow_hosts`` entry."""
-    if origin(url) == origin(spec.url):
-        return
-    host = origin(url)[1]
-    allowed = {h.lower() for h in spec.pagination.allow_hosts}
-    if host in allowed and origin(url)[0] in ("http", "https"):
-        return
-    raise PaginationError(
-        f"{what} is on another origin: {origin_text(url)} is not the job's origin"
-        f" {origin_text(spec.url)}; no request was sent (list the host in"
-        " pagination.allow_hosts to follow it)", url=url)
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "an array", bool: "a boolean"}.get(type(value),
+                                                                        type(value).__name__)
 
 
 # RFC 8288: link-value = "<" URI-Reference ">" *( OWS ";" OWS link-param )

@@ -26,15 +26,17 @@ import structlog
 
 from . import pagination
 from .backoff import compute_backoff
-from .errors import (Abandoned, HTTPStatusError, JobNotFound, MissingSecretError, PageError,
-                     PaginationError, StorageError)
-from .fetch import build_session, display_url, open_page, read_body
+from .errors import (Abandoned, HTTPStatusError, InternalError, JobNotFound, MissingSecretError,
+                     PageError, PaginationError, StorageError)
+from .fetch import (ResolvedRequest, build_session, check_sendable, display_url, job_origin,
+                    open_page, read_body)
 from .job import JobSpec
 from .ledger import Commit, Ledger
 from .limits import RequestLimiter
+from .origin import Origin
 from .pagebody import PageBody, is_json_lines
 from .pagination import Link
-from .secrets import MissingSecret, resolve, secret_values, templatize
+from .secrets import MissingSecret, SecretSet, resolve, scrub
 from .settings import Settings
 from .storage import SEGMENTS_DIR, SegmentWriter
 
@@ -116,6 +118,8 @@ class PageRunner:
         self.worker_name = worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self._local = _ThreadResources()
         self._specs: dict[str, JobSpec] = {}
+        self._secret_sets: dict[str, SecretSet] = {}
+        self._origins: dict[str, Origin] = {}
 
     # ------------------------------------------------------------------ entry
 
@@ -169,6 +173,8 @@ class PageRunner:
                 limited = paused or attempt > 1 or spec.limits.rate_per_second is not None \
                     or spec.limits.max_in_flight is not None
                 fetched = self._fetch(job_id, spec, page, link, limited=limited)
+            except Abandoned:
+                raise
             except (PageError, StorageError) as exc:
                 sent += getattr(exc, "attempts", 0) or 1
                 if self._retryable(exc, spec) and attempt <= http.retries:
@@ -181,6 +187,12 @@ class PageRunner:
                         raise Abandoned(job_id, page)
                     continue
                 return self._fail(job_id, spec, page, link, exc, sent)
+            except Exception as exc:  # noqa: BLE001 - any surprise fails the page, never hangs the job
+                log.exception("page.unexpected_error")
+                return self._fail(job_id, spec, page, link, InternalError(
+                    f"unexpected {type(exc).__name__} inside the page: {_exception_text(exc)}"
+                    " (a bug in the harvester: please report it with the worker log)",
+                    error_class=type(exc).__name__), sent + 1)
             sent += fetched.requests_sent
             following = fetched.next_link
             outcome, claimed = self.ledger.commit(
@@ -191,10 +203,9 @@ class PageRunner:
                 self._discard_last(job_id, fetched.commit)
                 what = following.cursor if following.cursor is not None else following.url
                 return self._fail(job_id, spec, page, link, PaginationError(
-                    f"the next {'cursor' if following.cursor is not None else 'URL'} {what!r}"
-                    " was already followed earlier in this job: the API is looping;"
-                    " stopping here instead", url=display_url(
-                        pagination.request_for(spec, page, link))), sent)
+                    f"the next {'cursor' if following.cursor is not None else 'URL'}"
+                    f" {_clip(what.render())!r} was already followed earlier in this job: the"
+                    " API is looping; stopping here instead"), sent)
             if fetched.end_reason:
                 log.info("chain.ended", reason=fetched.end_reason)
             if outcome in ("duplicate", "closed"):
@@ -229,19 +240,19 @@ class PageRunner:
     def _fail(self, job_id: str, spec: JobSpec, page: int, link: Link | None, exc: Exception,
               sent: int) -> tuple[str, list[int]]:
         status = getattr(exc, "status", None)
+        error_class = exc.error_class if isinstance(exc, InternalError) else type(exc).__name__
         record = {
             "page": page,
-            "url": getattr(exc, "url", None) or display_url(
-                pagination.request_for(spec, page, link)),
+            "url": getattr(exc, "url", None) or _page_url(spec, page, link),
             "attempts": sent,
             "status": status,
             "error": getattr(exc, "reason", None) if status is None else str(status),
-            "error_class": type(exc).__name__,
-            "message": str(exc),
+            "error_class": error_class,
+            "message": scrub(str(exc)),
             "failed_at": _now_iso(),
             "worker": self.worker_name,
         }
-        record["error"] = record["error"] or type(exc).__name__
+        record["error"] = record["error"] or error_class
         log.error("page.failed", error=record["error_class"], message=record["message"],
                   requests=sent)
         return self.ledger.fail(job_id, page, record, close=self._closes_on_failure(spec, page))
@@ -258,17 +269,22 @@ class PageRunner:
                *, limited: bool = True) -> _Fetched:
         request = pagination.request_for(spec, page, link)
         url = display_url(request)
-        pagination.check_origin(spec, request.url)
         try:
-            resolved = pagination.PageRequest(
-                method=request.method, url=resolve(request.url), params=resolve(request.params),
-                json=resolve(request.json))
+            secrets = self._secrets(job_id, spec)
+            resolved = ResolvedRequest(
+                method=request.method, url=request.url.fill(), params=resolve(request.params),
+                json=resolve(request.json), from_api=link is not None and link.url is not None)
             headers = {"Accept": "application/json", **resolve(spec.headers)}
+            origin = self._origin(job_id, spec)
         except MissingSecret as exc:
             raise MissingSecretError(
                 f"environment variable {exc.args[0]} is not set on worker {self.worker_name}",
                 url=url) from None
-        hidden = secret_values(spec.templated)
+        try:
+            check_sendable(headers, resolved.url)
+        except PageError as exc:
+            exc.url = url
+            raise
         resources = self._resources(job_id, spec)
         deadline = time.monotonic() + spec.http.page_deadline
 
@@ -278,20 +294,17 @@ class PageRunner:
         except InterruptedError:
             raise Abandoned(job_id, page) from None
         try:
-            return self._request(job_id, spec, page, url, resolved, headers, hidden,
+            return self._request(job_id, spec, page, url, resolved, headers, secrets, origin,
                                  resources, deadline)
         finally:
             self.limiter.release(slot)
 
     def _request(self, job_id: str, spec: JobSpec, page: int, url: str,
-                 resolved: pagination.PageRequest, headers: dict[str, str], hidden: list[str],
-                 resources: _JobResources, deadline: float) -> _Fetched:
-        def check_redirect(target: str) -> None:
-            # The target is resolved: report it with its secrets turned back into templates.
-            pagination.check_origin(spec, templatize(target, spec.templated), what="a redirect")
-
+                 resolved: ResolvedRequest, headers: dict[str, str], secrets: SecretSet,
+                 origin: Origin, resources: _JobResources, deadline: float) -> _Fetched:
         with open_page(resources.session, resolved, headers=headers, http=spec.http, url=url,
-                       secrets=hidden, check_redirect=check_redirect) as response:
+                       secrets=secrets, origin=origin,
+                       allow_hosts=spec.pagination.allow_hosts) as response:
             segment = self._segment(job_id, spec, resources)
             member = segment.begin_page(spec.output.compress_level)
             try:
@@ -303,7 +316,7 @@ class PageRunner:
                     json_lines=is_json_lines(response.headers.get("Content-Type")),
                     line_prefix=_line_prefix(page, url, response.status))
                 for chunk in read_body(response, deadline=deadline, http=spec.http, url=url,
-                                       secrets=hidden):
+                                       secrets=secrets):
                     if self.stopping.is_set():
                         raise Abandoned(job_id, page)
                     body.feed(chunk)
@@ -312,7 +325,8 @@ class PageRunner:
                 except PageError as exc:
                     exc.url, exc.status = url, response.status
                     raise
-                fetched = self._what_follows(spec, page, url, resolved.url, response, result)
+                fetched = self._what_follows(spec, page, url, resolved.url, response, result,
+                                             secrets)
                 location = member.commit()
             except BaseException:
                 member.abort()
@@ -323,7 +337,7 @@ class PageRunner:
 
     @staticmethod
     def _what_follows(spec: JobSpec, page: int, url: str, request_url: str, response: Any,
-                      result: Any) -> dict[str, Any]:
+                      result: Any, secrets: SecretSet) -> dict[str, Any]:
         if pagination.is_fan_out(spec):
             wanted = pagination.total_path(spec) if page == 1 else None
             if not wanted:
@@ -334,15 +348,18 @@ class PageRunner:
             # A total learnt from page 1 is final: no page beyond it can appear.
             total = pagination.total_from_value(spec, result.values[wanted])
             return {"total": total, "close": True, "next_link": None, "end_reason": None}
-        following = pagination.next_after(spec, page, response.url or request_url, result.values,
-                                          response.headers.get("Link"), result.records)
+        try:
+            following = pagination.next_after(spec, page, response.url or request_url,
+                                              result.values, response.headers.get("Link"),
+                                              result.records, secrets)
+        except PageError as exc:
+            exc.url, exc.status = url, response.status
+            raise
         if following.link is None:
             return {"total": None, "close": True, "next_link": None,
                     "end_reason": following.end_reason}
-        link = following.link
-        if link.url is not None:
-            link = Link(url=templatize(link.url, spec.templated))
-        return {"total": page + 1, "close": False, "next_link": link, "end_reason": None}
+        return {"total": page + 1, "close": False, "next_link": following.link,
+                "end_reason": None}
 
     def _discard_last(self, job_id: str, commit: Commit) -> None:
         resources = self._local.jobs.get(job_id)
@@ -357,6 +374,19 @@ class PageRunner:
         if spec is None:
             spec = self._specs[job_id] = self.ledger.spec(job_id)
         return spec
+
+    def _secrets(self, job_id: str, spec: JobSpec) -> SecretSet:
+        """The job's resolved secrets on this worker (the environment is fixed)."""
+        found = self._secret_sets.get(job_id)
+        if found is None:
+            found = self._secret_sets[job_id] = SecretSet.for_job(spec.templated, spec.url)
+        return found
+
+    def _origin(self, job_id: str, spec: JobSpec) -> Origin:
+        found = self._origins.get(job_id)
+        if found is None:
+            found = self._origins[job_id] = job_origin(resolve(spec.url))
+        return found
 
     def _resources(self, job_id: str, spec: JobSpec) -> _JobResources:
         jobs = self._local.jobs
@@ -389,6 +419,21 @@ def _close(resources: _JobResources) -> None:
     resources.session.close()
     if resources.segment is not None:
         resources.segment.close()
+
+
+def _page_url(spec: JobSpec, page: int, link: Link | None) -> str | None:
+    try:
+        return display_url(pagination.request_for(spec, page, link))
+    except Exception:  # noqa: BLE001 - a failure record must not fail on its URL
+        return None
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text):,} chars)"
+
+
+def _exception_text(exc: BaseException) -> str:
+    return scrub(_clip(str(exc) or type(exc).__name__))
 
 
 def _now_iso() -> str:

@@ -9,8 +9,9 @@ once, keeping only a few bytes of state across chunk boundaries:
 - inside the array at ``records_path`` it hands each element's bytes, verbatim,
   to ``on_record`` piece by piece, then ends the record, so one record of any
   size never sits in memory;
-- the scalar at each wanted path (``meta.next_cursor``) is captured (up to
-  64 KiB) and decoded;
+- the value at each wanted path (``meta.next_cursor``) is captured (up to
+  64 KiB) and decoded; a larger one is reported as :class:`Unreadable`, never
+  as absent (a next URL dropped for its size would end a chain early);
 - every other subtree is skipped. A shallow container (up to three levels of
   nesting) is matched whole by one C-level regular expression, which is what
   keeps typical records fast; anything else is walked token by token.
@@ -50,6 +51,23 @@ _SHALLOW_CONTAINER = re.compile(_CONTAINER, re.S)
 # A run of such containers inside an array, each followed by a comma.
 _CONTAINER_RUN = re.compile(rb"(?:[ \t\r\n]*" + _CONTAINER + rb"[ \t\r\n]*,)++", re.S)
 MAX_CAPTURE = 64 * 1024
+
+
+class Unreadable:
+    """A wanted value that is there but could not be read (too large, undecodable)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Unreadable({self.reason!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Unreadable) and other.reason == self.reason
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def split_path(path: str) -> tuple[str, ...]:
@@ -220,14 +238,20 @@ class JsonScanner:
     def _finish_value(self) -> None:
         value = self._value
         self._value = None
-        if value.capture and value.captured is not None and self._value_path is not None:
+        if value.capture and self._value_path is not None:
             name = self.value_paths[self._value_path]
             if name not in self.values:
-                try:
-                    self.values[name] = json.loads(bytes(value.captured),
-                                                   parse_float=_exact_number)
-                except ValueError:
-                    pass  # invalid JSON: the ijson check reports it
+                if value.captured is None:
+                    self.values[name] = Unreadable(
+                        f"{value.seen:,}+ bytes, over the {MAX_CAPTURE // 1024} KiB that a"
+                        " cursor, next URL or total may take")
+                else:
+                    try:
+                        self.values[name] = json.loads(bytes(value.captured),
+                                                       parse_float=_exact_number)
+                    except ValueError:
+                        # Invalid JSON fails the page through the ijson check too.
+                        self.values[name] = Unreadable("not valid JSON")
         if value.emit is not None:
             self.records += 1
         self._after_value()
@@ -262,7 +286,7 @@ class _Value:
     """One JSON value consumed incrementally: skipped, emitted, or captured."""
 
     __slots__ = ("emit", "capture", "captured", "complete", "depth", "in_string", "escape",
-                 "scalar", "started", "container_tried")
+                 "scalar", "started", "container_tried", "seen")
 
     def __init__(self, *, emit: Callable[[bytes, bool], None] | None = None,
                  capture: bool = False, container_tried: bool = False):
@@ -270,6 +294,7 @@ class _Value:
         self.emit = emit
         self.capture = capture
         self.captured: bytearray | None = bytearray() if capture else None
+        self.seen = 0  # bytes of a captured value, kept or not
         self.complete = False
         self.depth = 0
         self.in_string = False
@@ -280,10 +305,11 @@ class _Value:
     def _out(self, piece: bytes, done: bool = False) -> None:
         if self.emit is not None and (piece or done):
             self.emit(piece, done)
-        if self.captured is not None and piece:
-            if len(self.captured) + len(piece) > MAX_CAPTURE:
-                self.captured = None  # too large to be a cursor: ignore it
-            else:
+        if self.capture and piece:
+            self.seen += len(piece)
+            if self.captured is not None and len(self.captured) + len(piece) > MAX_CAPTURE:
+                self.captured = None  # too large to keep: reported as Unreadable
+            elif self.captured is not None:
                 self.captured += piece
 
     def end_of_input(self) -> None:

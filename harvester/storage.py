@@ -22,6 +22,7 @@ from pathlib import Path
 from zlib_ng import zlib_ng
 
 from .errors import StorageError
+from .outdir import inside
 
 # mtime 0 and OS 255 ("unknown") keep members byte-identical for the same input.
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
@@ -187,7 +188,8 @@ def write_part(out_dir: Path, name: str, pieces: list[Piece]) -> SealedPart:
             for piece in pieces:
                 fd = handles.get(piece.segment)
                 if fd is None:
-                    fd = handles[piece.segment] = os.open(out_dir / piece.segment, os.O_RDONLY)
+                    fd = handles[piece.segment] = os.open(inside(out_dir, piece.segment),
+                                                          os.O_RDONLY | os.O_NOFOLLOW)
                 remaining, position = piece.length, piece.offset
                 while remaining:
                     block = os.pread(fd, min(remaining, 1 << 20), position)

@@ -1,5 +1,5 @@
 -- The commit point of a page: first writer wins, duplicates are refused.
--- KEYS: job, lease, tries, failed, todo, links, seen, owner.
+-- KEYS: job, lease, tries, failed, todo, links, seen, owner, buckets.
 -- ARGV: prefix, page, location, raw_bytes, gz_bytes, lines, total_or_empty,
 --       close ('1' when no page can follow), queued_until, finalizer_until,
 --       next_link ('' or the successor's link, JSON), identity ('' or the link's
@@ -25,6 +25,7 @@ if ARGV[12] ~= '' and redis.call('SISMEMBER', KEYS[7], ARGV[12]) == 1 then
   return {'repeated'}
 end
 redis.call('HSET', bucket_key(ARGV[1], page), page, ARGV[3])
+redis.call('SADD', KEYS[9], math.floor(tonumber(page) / 128))
 if ARGV[12] ~= '' then redis.call('SADD', KEYS[7], ARGV[12]) end
 redis.call('HDEL', KEYS[6], page)
 if ARGV[11] ~= '' then redis.call('HSET', KEYS[6], tonumber(page) + 1, ARGV[11]) end

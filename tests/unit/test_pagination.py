@@ -203,7 +203,7 @@ def test_templates_kept_in_requests():
     spec = make({"style": "page", "pages": 3}, url="https://api.example.com/${PATH}",
                 method="POST", params={"key": "${KEY}"}, json={"token": "${TOKEN}"})
     request = request_for(spec, 2)
-    assert request.url == "https://api.example.com/${PATH}"
+    assert request.url.render() == "https://api.example.com/${PATH}"
     assert request.params == {"key": "${KEY}"}
     assert request.json == {"token": "${TOKEN}", "page": 2}
 

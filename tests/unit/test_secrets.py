@@ -6,7 +6,10 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from harvester.secrets import REDACTED, MissingSecret, names_in, redact, resolve, secret_values
+import base64
+
+from harvester.secrets import (REDACTED, MissingSecret, SecretSet, Template, names_in, redact,
+                               resolve, scrub)
 
 ENV = {"TOKEN": "s3cr3t-token", "USER": "alice", "EMPTY": "", "PASS": "p@ss w/rd&x=1"}
 
@@ -77,15 +80,40 @@ def test_resolve_tuple_like_names_in():
     assert "${TOKEN}" not in str(resolve(value, ENV))
 
 
-def test_secret_values_longest_first_and_skip_empty_or_unset():
-    """secret_values lists resolved values of used templates, longest first, none empty."""
+def test_secret_set_longest_first_and_skip_empty_or_unset():
+    """A job's SecretSet holds the resolved values of used templates, longest first."""
     value = {"h": "${USER}", "p": ["${PASS}", "${EMPTY}", "${UNSET}"], "t": "${TOKEN}"}
-    assert secret_values(value, ENV) == ["p@ss w/rd&x=1", "s3cr3t-token", "alice"]
+    assert SecretSet.for_job(value, env=ENV).all_values() == \
+        ["p@ss w/rd&x=1", "s3cr3t-token", "alice"]
 
 
-def test_secret_values_only_for_referenced_names():
-    """Variables the value does not reference are not secrets of it."""
-    assert secret_values("${USER}", ENV) == ["alice"]
+def test_secret_set_only_for_referenced_names():
+    """Variables the job does not reference are not its secrets."""
+    assert SecretSet.for_job("${USER}", env=ENV).all_values() == ["alice"]
+
+
+def test_url_credentials_add_their_basic_auth_form():
+    """Credentials in the job's URL are sent as Basic base64(user:pass): that form is
+    redacted too."""
+    url = "https://${USER}:${PASS}@api.example.com/x"
+    secrets = SecretSet.for_job([url], url, env=ENV)
+    basic = base64.b64encode(b"alice:p@ss w/rd&x=1").decode()
+    assert secrets.redact(f"Authorization: Basic {basic}") == f"Authorization: Basic {REDACTED}"
+
+
+def test_scrub_hides_every_secret_this_process_resolved():
+    """scrub (the log and ledger edge) knows every SecretSet built in the process."""
+    SecretSet({"X": "only-known-after-registering-9f2"})
+    assert scrub("a only-known-after-registering-9f2 b") == f"a {REDACTED} b"
+
+
+def test_template_parse_render_fill():
+    """A job string's ${NAME} is a hole; render shows it, fill sends the value."""
+    template = Template.parse("https://a/x?k=${TOKEN}&q=${USER}")
+    assert template.render() == "https://a/x?k=${TOKEN}&q=${USER}"
+    assert template.fill(ENV) == "https://a/x?k=s3cr3t-token&q=alice"
+    with pytest.raises(MissingSecret):
+        Template.parse("${UNSET}").fill(ENV)
 
 
 def test_redact_raw_value():
@@ -121,5 +149,5 @@ def test_redact_with_secret_values_round_trip():
     """What resolve puts into a URL, redact(secret_values(...)) takes out again."""
     template = "https://api.example.com/?k=${PASS}&u=${USER}"
     resolved = resolve(template, ENV)
-    assert redact(resolved, secret_values(template, ENV)) == \
+    assert SecretSet.for_job(template, env=ENV).redact(resolved) == \
         f"https://api.example.com/?k={REDACTED}&u={REDACTED}"
