@@ -11,11 +11,71 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import re
+
 import ijson
 
-from .errors import InvalidJSON
+from .errors import InvalidJSON, PageTooLarge
 
 _SCALAR_EVENTS = frozenset({"string", "number", "boolean", "null"})
+# yajl holds one token (a string, a key, a number) whole until it ends: a 1 GB key
+# would take 2 GB. Longer tokens fail the page instead; memory stays flat.
+MAX_TOKEN_BYTES = 8 << 20
+_ESCAPE = re.compile(rb"\\.", re.S)
+_NUMBER_CHARS = b"0123456789+-.eE"
+
+
+class TokenGuard:
+    """Fails a body holding a JSON string, key or number over ``limit`` bytes.
+
+    It reads each chunk at C speed (counting quotes, stripping digits): escapes
+    are blanked out length for length, so the quotes left are exactly those that
+    open and close strings, and their parity says whether a chunk ends inside one.
+    It judges only length; ijson judges validity. A token that starts and ends in
+    one chunk is bounded by the chunk, so ``limit`` must exceed the chunk size.
+    """
+
+    def __init__(self, limit: int = MAX_TOKEN_BYTES):
+        self.limit = limit
+        self.in_string = False
+        self.string_run = 0  # bytes of the string still open at the last chunk's end
+        self.number_run = 0  # number characters ending the last chunk
+        self.escaped_first = False  # the last chunk ended in a lone backslash
+
+    def feed(self, chunk: bytes) -> None:
+        n = len(chunk)
+        view = chunk
+        if self.escaped_first or b"\\" in chunk:
+            if self.escaped_first:
+                view = b"." + view[1:]
+            view = _ESCAPE.sub(b"..", view)
+            self.escaped_first = view.endswith(b"\\")
+        quotes = view.count(b'"')
+        if quotes == 0:
+            if self.in_string:
+                self.string_run += n
+                self._check(self.string_run, "string")
+        else:
+            if self.in_string:
+                self._check(self.string_run + view.find(b'"'), "string")
+            if (quotes % 2 == 1) != self.in_string:
+                self.in_string = True
+                self.string_run = n - view.rfind(b'"') - 1
+            else:
+                self.in_string = False
+        lead = n - len(chunk.lstrip(_NUMBER_CHARS))
+        if lead == n:
+            self.number_run += n
+            self._check(self.number_run, "number")
+        else:
+            self._check(self.number_run + lead, "number")
+            self.number_run = n - len(chunk.rstrip(_NUMBER_CHARS))
+
+    def _check(self, run: int, what: str) -> None:
+        if run > self.limit:
+            raise PageTooLarge(f"the body holds a JSON {what} (or key) over"
+                               f" {self.limit >> 20} MiB, which cannot be checked in"
+                               " constant memory")
 
 
 class _DiscardEvents:
@@ -57,12 +117,14 @@ class BodyInspector:
             self._parser = ijson.basic_parse_coro(_DiscardEvents())
         else:
             self._parser = ijson.parse_coro(self._values, use_float=False)
+        self._guard = TokenGuard()
         self._fed = 0
 
     def feed(self, chunk: bytes) -> None:
         if not chunk:
             return
         self._fed += len(chunk)
+        self._guard.feed(chunk)
         try:
             self._parser.send(chunk)
         except ijson.JSONError as exc:
@@ -79,5 +141,7 @@ class BodyInspector:
 
 
 def _first_line(exc: Exception) -> str:
+    """yajl's message, printable and bounded: it quotes the body around the error."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    line = text.splitlines()[0] if text else type(exc).__name__
+    return "".join(c if c.isprintable() else "." for c in line)[:200]

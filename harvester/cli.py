@@ -1,262 +1,38 @@
-"""The ``harvest`` command.
+"""The ``harvest`` command: parsing, signals, and what each error exits with.
 
-Exit codes: 0 every page committed; 1 the job ended with failed (or, after a
-cancel, unfinished) pages; 2 bad input or usage; 3 no broker or no local
-cluster; 4 any other error, with a message saying what to do.
+Exit codes (the README's table):
+
+    0  every page committed (verify: the output is complete and intact)
+    1  the job ended with failed, cancelled or unfinished pages (verify: intact
+       but incomplete)
+    2  bad input: the job file, an argument, the output directory
+    3  no broker, or the --local cluster could not start
+    4  any other error (verify: the output is damaged), with one line saying what
+       to do; an unexpected one also leaves its traceback in a crash log
+  130  interrupted (Ctrl-C, SIGTERM, SIGHUP)
+
+Only the standard library is imported before :func:`main` runs, so that even a
+broken install (a dependency missing) ends with one line and exit 4.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import signal
 import sys
 import time
-from contextlib import contextmanager
-from typing import Iterator
-
-from . import coordinator, logs
-from .errors import (BrokerUnavailable, HarvesterError, JobNotFound, JobSpecError,
-                     LocalClusterError, OutputDirError, VerifyError)
-from .job import load_job
-from .ledger import JobState
-from .local import LocalCluster
-from .outdir import check_output_dir
-from .progress import Progress
-from .settings import Settings, ledger_for
+import traceback
+from pathlib import Path
 
 EXIT_OK, EXIT_FAILED_PAGES, EXIT_USAGE, EXIT_BROKER, EXIT_ERROR = 0, 1, 2, 3, 4
-FINALIZE_ATTEMPTS = 3
 
-
-class Context:
-    """What a command needs: settings, the ledger and a dispatcher, local or not."""
-
-    def __init__(self, settings: Settings, cluster: LocalCluster | None):
-        from workers.app import make_app  # the Celery app, bound to this broker
-
-        from .dispatch import CeleryDispatcher
-
-        self.settings = settings
-        self.cluster = cluster
-        self.ledger = ledger_for(settings)
-        self.ledger.ping()
-        self.app = make_app(settings)
-        self.dispatcher = CeleryDispatcher(self.app)
-
-
-@contextmanager
-def context(local: bool, workers: int = 2, threads: int = 8) -> Iterator[Context]:
-    settings = Settings.from_env()
-    cluster = None
-    if local:
-        cluster = LocalCluster(settings.home, workers=workers, threads=threads)
-        try:
-            url = cluster.start_redis()
-        except BaseException:
-            cluster.stop()
-            raise
-        os.environ["HARVEST_REDIS_URL"] = url  # inherited by the worker processes
-        _err(f"local cluster: redis {url} (data in {cluster.redis.data_dir})")
-        settings = Settings.from_env()
-    try:
-        yield Context(settings, cluster)
-    finally:
-        if cluster is not None:
-            cluster.stop()
-
-
-def _out(line: str) -> None:
-    print(line, flush=True)
-
-
-def _err(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------ commands
-
-def cmd_run(args: argparse.Namespace) -> int:
-    if args.detach and args.local:
-        _err("harvest run: --detach cannot be used with --local (the local cluster stops"
-             " when the command ends)")
-        return EXIT_USAGE
-    spec = load_job(args.job)
-    check_output_dir(spec.output.dir, args.job)  # exits 2 before any broker is needed
-    with context(args.local, args.workers, args.threads) as ctx:
-        job_id = coordinator.submit(spec, ctx.ledger, ctx.dispatcher, ctx.settings,
-                                    local=args.local, job_path=args.job)
-        _out(f"job {job_id}")
-        if args.detach:
-            _err(f"submitted; follow it with: harvest status {job_id}")
-            return EXIT_OK
-        if ctx.cluster is not None:
-            ctx.cluster.start_workers(job_id)
-        return _watch(ctx, job_id, local=args.local)
-
-
-def cmd_retry(args: argparse.Namespace) -> int:
-    with context(args.local, args.workers, args.threads) as ctx:
-        queued = coordinator.retry(args.job_id, ctx.ledger, ctx.dispatcher)
-        _out(f"job {args.job_id}")
-        _err(f"retrying: {queued} page(s) queued")
-        if args.detach and not args.local:
-            return EXIT_OK
-        if ctx.cluster is not None:
-            ctx.cluster.start_workers(f"{args.job_id}-retry-{int(time.time())}")
-        return _watch(ctx, args.job_id, local=args.local)
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    with context(args.local, 0) as ctx:
-        state = ctx.ledger.state(args.job_id)
-        out_dir = ctx.ledger.field(args.job_id, "out_dir")
-        if args.json:
-            _out(json.dumps({"job_id": state.job_id, "state": state.state, "total": state.total,
-                             "total_known": not state.open, "committed": state.committed,
-                             "failed": state.failed, "pending": state.pending,
-                             "in_flight": state.in_flight, "raw_bytes": state.raw_bytes,
-                             "compressed_bytes": state.gz_bytes, "output_dir": out_dir}))
-        else:
-            from .progress import describe
-            _out(describe(state, 0, 0))
-            _out(f"output: {out_dir}")
-        return _exit_code(state)
-
-
-def cmd_cancel(args: argparse.Namespace) -> int:
-    with context(args.local, 0) as ctx:
-        result = coordinator.cancel(args.job_id, ctx.ledger, ctx.dispatcher)
-        if result == "cancelled":
-            _out(f"job {args.job_id} cancelled; committed pages are being sealed."
-                 f" 'harvest retry {args.job_id}' runs the rest.")
-            return EXIT_OK
-        _err(f"job {args.job_id} is {result}; nothing to cancel")
-        return EXIT_ERROR
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import summary, verify
-
-    try:
-        report = verify(args.dir)
-    except VerifyError as exc:
-        _err(f"verify failed for {exc.directory}:")
-        for problem in exc.problems:
-            _err(f"  - {problem}")
-        return EXIT_FAILED_PAGES
-    _out(f"ok {summary(report)}")
-    return EXIT_OK
-
-
-def cmd_finalize(args: argparse.Namespace) -> int:
-    from .finalizer import finalize
-
-    with context(args.local, 0) as ctx:
-        _out(finalize(ctx.ledger, args.job_id, part_bytes=ctx.settings.part_bytes,
-                      worker=f"cli-{os.getpid()}"))
-        return EXIT_OK
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    defaults = ["-P", "threads", "-c", "8", "-Q", "harvest", "-E", "--without-gossip",
-                "--without-mingle", "--loglevel", "INFO"]
-    argv = [sys.executable, "-m", "celery", "-A", "workers.app:app", "worker", *defaults,
-            *args.celery_args]
-    os.execv(sys.executable, argv)
-    return EXIT_ERROR  # not reached
-
-
-# --------------------------------------------------------------- watching
-
-def _watch(ctx: Context, job_id: str, *, local: bool) -> int:
-    progress = Progress()
-    started = time.monotonic()
-    hinted = False
-    broker_down_since: float | None = None
-    # Poll with short waits, so an outage is reported while it lasts.
-    ctx.ledger.wait_seconds = 1.0
-    try:
-        while True:
-            try:
-                state = ctx.ledger.state(job_id)
-            except BrokerUnavailable as exc:
-                # Redis restarting or unreachable: the workers wait for it too.
-                if broker_down_since is None:
-                    broker_down_since = time.monotonic()
-                    _err(f"Redis is unreachable ({exc}); waiting for it...")
-                time.sleep(1)
-                continue
-            except JobNotFound:
-                progress.close()
-                raise HarvesterError(
-                    f"Redis no longer has job {job_id}: it was restarted without persistence,"
-                    " or flushed. Nothing of this job is reported as done; its pages sit"
-                    " unsealed in the output dir's .segments. Run the job again into an empty"
-                    " output dir (and run Redis with appendonly yes).") from None
-            if broker_down_since is not None:
-                _err(f"Redis is back after {time.monotonic() - broker_down_since:.0f} s")
-                broker_down_since = None
-            progress.update(state)
-            if state.final:
-                break
-            if ctx.cluster and ctx.cluster.workers and ctx.cluster.workers.failure:
-                raise LocalClusterError(ctx.cluster.workers.failure)
-            if state.state == "finalizing" and \
-                    int(ctx.ledger.field(job_id, "finalize_failures") or 0) >= FINALIZE_ATTEMPTS:
-                progress.close()
-                raise HarvesterError(
-                    f"the finalizer of {job_id} keeps failing:"
-                    f" {ctx.ledger.field(job_id, 'finalize_error')}. Fix the cause, then run"
-                    f" 'harvest finalize {job_id}{' --local' if local else ''}'.")
-            if not local and not hinted and state.committed + state.failed == 0 \
-                    and time.monotonic() - started > 30:
-                _err("no page done after 30 s: is a worker running? start one with"
-                     " 'harvest worker', or use --local")
-                hinted = True
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        progress.close()
-        if not local:
-            _err(f"\nstopped watching; the job goes on. 'harvest status {job_id}' shows it.")
-            return 130
-        _err("\ninterrupted: cancelling the job and sealing what is committed...")
-        coordinator.cancel(job_id, ctx.ledger, ctx.dispatcher)
-        deadline = time.monotonic() + 60
-        while not ctx.ledger.state(job_id).final and time.monotonic() < deadline:
-            time.sleep(0.2)
-        _err(f"'harvest retry {job_id} --local' runs the rest.")
-        return 130
-    progress.close()
-    return _report(ctx, state, local=local)
-
-
-def _report(ctx: Context, state: JobState, *, local: bool) -> int:
-    out_dir = ctx.ledger.field(state.job_id, "out_dir")
-    retry = f"harvest retry {state.job_id}{' --local' if local else ''}"
-    if state.state == "done":
-        _err(f"done: {state.committed} pages committed to {out_dir}")
-    elif state.state == "failed":
-        _err(f"{state.failed} page(s) failed (listed in {out_dir}/_failed.jsonl);"
-             f" {state.committed} committed. Run '{retry}' to run them again.")
-    else:
-        _err(f"job {state.state}: {state.committed} committed, {state.pending} not run."
-             f" Run '{retry}' to run the rest.")
-    return _exit_code(state)
-
-
-def _exit_code(state: JobState) -> int:
-    if state.state == "done":
-        return EXIT_OK
-    if state.final:
-        return EXIT_FAILED_PAGES
-    return EXIT_OK
-
-
-# ------------------------------------------------------------------ parsing
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harvest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="harvest", description="Harvest a paginated HTTP JSON API into sharded gzip files,"
+        " one Celery task per page (exit codes: 0 complete, 1 failed pages, 2 bad input,"
+        " 3 no broker, 4 other errors).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def local_flags(p: argparse.ArgumentParser, workers: bool = True) -> None:
@@ -270,40 +46,52 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--detach", action="store_true",
                            help="return after enqueueing instead of showing progress")
 
-    run = commands.add_parser("run", help="validate a job file, enqueue it and show progress")
+    def command(name: str, handler: str, help: str, **kwargs) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help, **kwargs)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    run = command("run", "cmd_run", "validate a job file, enqueue it and show progress")
     run.add_argument("job", metavar="JOB.toml")
     local_flags(run)
-    run.set_defaults(handler=cmd_run)
 
-    status = commands.add_parser("status", help="where a job stands")
+    status = command("status", "cmd_status", "where a job stands")
     status.add_argument("job_id", metavar="JOB_ID")
     status.add_argument("--json", action="store_true")
     local_flags(status, workers=False)
-    status.set_defaults(handler=cmd_status)
 
-    retry = commands.add_parser("retry", help="run again the pages that failed or never finished")
+    retry = command("retry", "cmd_retry",
+                    "run again the pages that failed or never finished")
     retry.add_argument("job_id", metavar="JOB_ID")
+    retry.add_argument("--job", metavar="FIXED.toml",
+                       help="the job file, corrected: new headers (a token), [http] or [limits];"
+                            " a change to what a page requests is refused")
     local_flags(retry)
-    retry.set_defaults(handler=cmd_retry)
 
-    cancel = commands.add_parser("cancel", help="stop a job; what was committed stays valid")
+    cancel = command("cancel", "cmd_cancel", "stop a job; what was committed stays valid")
     cancel.add_argument("job_id", metavar="JOB_ID")
     local_flags(cancel, workers=False)
-    cancel.set_defaults(handler=cmd_cancel)
 
-    verify = commands.add_parser("verify", help="check an output directory against its manifest")
+    verify = command("verify", "cmd_verify",
+                     "check an output directory against its manifest (0 complete, 1 intact but"
+                     " incomplete, 4 damaged)")
     verify.add_argument("dir", metavar="DIR")
-    verify.set_defaults(handler=cmd_verify)
 
-    worker = commands.add_parser("worker", help="a Celery worker with the right settings",
-                                 add_help=False)
-    worker.add_argument("celery_args", nargs=argparse.REMAINDER)
-    worker.set_defaults(handler=cmd_worker)
-
-    finalize = commands.add_parser("finalize")  # for operators: seal a job again
+    finalize = command("finalize", "cmd_finalize",
+                       "seal a job's committed pages into its output dir again (for operators:"
+                       " after fixing what made the finalizer fail)")
     finalize.add_argument("job_id", metavar="JOB_ID")
     local_flags(finalize, workers=False)
-    finalize.set_defaults(handler=cmd_finalize)
+
+    forget = command("forget", "cmd_forget",
+                     "drop a finished job's ledger from Redis now (it expires by itself after"
+                     " HARVEST_KEEP_DAYS, 30 by default); the output is untouched")
+    forget.add_argument("job_id", metavar="JOB_ID")
+    local_flags(forget, workers=False)
+
+    worker = command("worker", "cmd_worker", "a Celery worker with the right settings"
+                     " (further options go to 'celery worker')", add_help=False)
+    worker.add_argument("celery_args", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -314,28 +102,88 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    # SIGTERM (a `timeout`, a supervisor) and SIGHUP (a closed terminal) end the
+    # command the way Ctrl-C does: a --local run cancels its job and stops its
+    # redis-server and workers instead of leaving them behind.
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["worker"]:
         # Everything after 'worker' belongs to celery; argparse would reject its options.
-        return cmd_worker(argparse.Namespace(celery_args=argv[1:]))
-    args = build_parser().parse_args(argv)
-    logs.configure(Settings.from_env().log_format, level=os.environ.get("HARVEST_LOG_LEVEL",
-                                                                         "WARNING"))
+        args = argparse.Namespace(handler="cmd_worker", celery_args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
-        return args.handler(args)
-    except JobSpecError as exc:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence
+        return _crashed(exc)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from . import commands, logs
+    from .errors import (BrokerUnavailable, HarvesterError, JobSpecError, LocalClusterError,
+                         OutputDirError)
+    from .settings import Settings
+
+    logs.configure(Settings.from_env().log_format,
+                   level=os.environ.get("HARVEST_LOG_LEVEL", "WARNING"))
+    try:
+        return getattr(commands, args.handler)(args)
+    except (JobSpecError, OutputDirError) as exc:
         _err(f"error: {exc}")
         return EXIT_USAGE
     except (BrokerUnavailable, LocalClusterError) as exc:
         _err(f"error: {exc}")
         return EXIT_BROKER
-    except OutputDirError as exc:
-        _err(f"error: {exc}")
-        return EXIT_USAGE
-    except (JobNotFound, HarvesterError) as exc:
+    except HarvesterError as exc:
         _err(f"error: {exc}")
         return EXIT_ERROR
+
+
+def _crashed(exc: Exception) -> int:
+    """One line for the user, the traceback in a file: never a raw traceback, never exit 1."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        from .secrets import scrub
+        text, message = scrub(text), scrub(str(exc))
+    except Exception:  # noqa: BLE001 - a broken install may not import even this
+        message = str(exc)
+    where = _write_crash_log(text)
+    if isinstance(exc, ImportError):
+        _err(f"error: harvester's install is broken: {type(exc).__name__}: {message[:300]}."
+             " Reinstall it (pip install --force-reinstall harvester, or scripts/setup)."
+             f" Details: {where}")
+    else:
+        _err(f"error: unexpected {type(exc).__name__}: {message[:300]}. This is a bug in"
+             f" harvester, not in your job; please report it with {where}")
+    return EXIT_ERROR
+
+
+def _write_crash_log(text: str) -> str:
+    from .settings import Settings  # standard library only
+
+    home = Settings.from_env().home
+    name = f"crash-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    for directory in (home / "logs", Path("/tmp")):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            path = directory / name
+            path.write_text(text, encoding="utf-8")
+            return str(path)
+        except OSError:
+            continue
+    return "(no crash log could be written)"
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 import structlog
 
 from . import pagination
+from .amendment import amend
 from .errors import HarvesterError, JobSpecError
 from .job import JobSpec
 from .ledger import FINAL_STATES, Ledger
@@ -51,16 +52,24 @@ def submit(spec: JobSpec, ledger: Ledger, dispatcher: Dispatcher, settings: Sett
     return job_id
 
 
-def retry(job_id: str, ledger: Ledger, dispatcher: Dispatcher) -> int:
-    """Run again the pages that failed or never finished; returns how many are queued."""
+def retry(job_id: str, ledger: Ledger, dispatcher: Dispatcher, *,
+          fixed: JobSpec | None = None, job_path: str = "<job>") -> int:
+    """Run again the pages that failed or never finished; returns how many are queued.
+
+    ``fixed``: a corrected job file (new token, timeouts, limits); refused, naming
+    the key, where it changes what a page requests (see :mod:`harvester.amendment`).
+    """
     state = ledger.state(job_id)
     if state.state not in FINAL_STATES:
         raise HarvesterError(f"job {job_id} is still {state.state}; wait for it or cancel it")
     spec = ledger.spec(job_id)
+    if fixed is not None:
+        spec = amend(spec, fixed, job_id=job_id, path=job_path)
+        ledger.amend_spec(job_id, spec)
     # A chain resumes from its failed page; a job that never learnt its total
     # (page 1 failed) learns it now.
     reopen = pagination.is_chain(spec) or (
-        pagination.total_path(spec) is not None and not ledger.is_committed(job_id, 1))
+        pagination.learns_total(spec) and not ledger.is_committed(job_id, 1))
     result = ledger.reopen(job_id, open_ended=reopen)
     if result != "running":
         raise HarvesterError(f"job {job_id} could not be reopened (state {result})")

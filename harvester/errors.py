@@ -12,13 +12,17 @@ carries the context a person needs to act on it::
     ├── StorageError            a shard or segment could not be written or read
     ├── VerifyError             an output dir does not match its manifest
     ├── Abandoned               a stopping worker hands its page back unfinished
+    ├── PageFailed              a page failed for good (recorded in the ledger): its task's FAILURE
     └── PageError               one page could not be harvested (has .retryable)
         ├── TransportError      connect/DNS/TLS failure, or retries exhausted
+        │   └── RequestTimeout  no connection within timeout_connect, or no answer within timeout_read
         ├── HTTPStatusError     a non-2xx status after urllib3's retries
         ├── BodyError           the body arrived but cannot be committed
         │   ├── TruncatedBody   reset, short read, cut stream or gzip member
         │   ├── InvalidJSON     not complete, valid JSON (HTML error pages too)
-        │   └── DeadlineExceeded  stalled past timeout_read or over page_deadline
+        │   ├── DeadlineExceeded  stalled past timeout_read or over page_deadline
+        │   └── PageTooLarge    over http.max_page_bytes decoded (a compression bomb)
+        ├── RecordsNotFound     a 200 whose body has no array at records_path (a job error)
         ├── MissingSecretError  a ${VAR} the worker's environment lacks
         ├── BadSecretValue      a resolved ${VAR} that cannot be sent (e.g. non-Latin-1 in a header)
         ├── PaginationError     a pagination rule failed (e.g. total missing, value too large)
@@ -97,6 +101,30 @@ class Abandoned(HarvesterError):
         super().__init__(f"page {page} of {job_id} handed back: the worker is stopping")
 
 
+class PageFailed(HarvesterError):
+    """A page failed for good and the ledger records it so: the page task raises this
+    to end in FAILURE, so Celery events (Flower, its /metrics) count the failure with
+    its reason. The task's message is acked all the same; ``harvest retry`` re-runs it.
+
+    ``message`` is the failure record's; it is scrubbed (again) here because this
+    text travels in Celery's task-failed event, which no log formatter redacts.
+    """
+
+    def __init__(self, job_id: str, page: int, error_class: str, message: str):
+        from .secrets import scrub
+
+        self.job_id = job_id
+        self.page = page
+        self.error_class = error_class
+        self.message = scrub(message)
+        super().__init__(f"page {page} failed: {error_class}: {self.message}")
+
+    def __reduce__(self) -> tuple:
+        # Celery pickles a task's exception on its way to the event; the default
+        # reduce would call __init__ with the formatted message alone.
+        return type(self), (self.job_id, self.page, self.error_class, self.message)
+
+
 class PageError(HarvesterError):
     """One page failed. ``retryable`` tells the page loop whether to try again."""
 
@@ -122,6 +150,10 @@ class TransportError(PageError):
     retryable = False
 
 
+class RequestTimeout(TransportError):
+    """No connection within timeout_connect, or no response within timeout_read."""
+
+
 class HTTPStatusError(PageError):
     """A non-2xx status. Whether to retry depends on the job's ``retry_statuses``."""
 
@@ -143,6 +175,17 @@ class InvalidJSON(BodyError):
 
 class DeadlineExceeded(BodyError):
     pass
+
+
+class PageTooLarge(BodyError):
+    retryable = False
+
+
+class RecordsNotFound(PageError):
+    """The body is valid JSON but has no array at records_path: the job does not fit
+    the API, so trying again cannot help. The message lists what is there."""
+
+    retryable = False
 
 
 class MissingSecretError(PageError):

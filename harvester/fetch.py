@@ -17,6 +17,7 @@ never retried there: :func:`read_body` raises them and the page loop decides.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,13 +29,14 @@ from urllib.request import getproxies
 import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import should_bypass_proxies
-from urllib3.exceptions import (DecodeError, IncompleteRead, ProtocolError, ReadTimeoutError,
-                                SSLError)
+from urllib3.exceptions import (ConnectTimeoutError, DecodeError, IncompleteRead, MaxRetryError,
+                                NameResolutionError, NewConnectionError, ProtocolError,
+                                ReadTimeoutError, SSLError)
 from urllib3.util.retry import Retry
 
 from .backoff import parse_retry_after
 from .errors import (BadSecretValue, DeadlineExceeded, HTTPStatusError, PageError,
-                     TransportError, TruncatedBody, UnsafeURL)
+                     PageTooLarge, RequestTimeout, TransportError, TruncatedBody, UnsafeURL)
 from .job import HttpSpec
 from .origin import Origin, check_api_url, check_request, origin_of
 from .pagination import PageRequest, joined_url
@@ -42,6 +44,18 @@ from .secrets import SecretSet
 
 CHUNK_BYTES = 1 << 20
 USER_AGENT = "harvester/0.1 (+https://github.com/harvester)"
+
+
+_tries = threading.local()
+
+
+class _CountingRetry(Retry):
+    """urllib3's Retry, counting each failed try on this thread: ``attempts`` in
+    ``_failed.jsonl`` is the number of requests really sent, urllib3's retries included."""
+
+    def increment(self, *args: Any, **kwargs: Any) -> Retry:
+        _tries.failed = getattr(_tries, "failed", 0) + 1
+        return super().increment(*args, **kwargs)
 
 
 class _Session(requests.Session):
@@ -64,7 +78,7 @@ def build_session(http: HttpSpec, origin_url: str, pool_size: int = 4) -> reques
     with ``trust_env`` requests re-reads the whole environment on every request
     (measured: 12% of a worker's CPU on 10 KB pages).
     """
-    retry = Retry(
+    retry = _CountingRetry(
         total=http.retries,
         connect=http.retries,
         read=http.retries,
@@ -172,6 +186,7 @@ def open_page(session: requests.Session, request: ResolvedRequest, *, headers: d
     method, target = request.method, request.url
     params, body = request.params or None, request.json
     what = "the next page" if request.from_api else "the job's url"
+    attempts = 0
     for _ in range(MAX_REDIRECTS + 1):
         try:
             if request.from_api or what == "a redirect":
@@ -179,15 +194,18 @@ def open_page(session: requests.Session, request: ResolvedRequest, *, headers: d
             prepared = _prepare(session, method, target, params, body, headers, secrets)
             check_request(prepared.url, origin, allow_hosts, what)
         except PageError as exc:
-            exc.url = exc.url or url
+            exc.url, exc.attempts = exc.url or url, attempts
             raise
+        _tries.failed = 0
         try:
             # stream, verify, proxies and cert, as session.request would pass them.
             settings = session.merge_environment_settings(prepared.url, {}, True, None, None)
             response = session.send(prepared, allow_redirects=False,
                                     timeout=(http.timeout_connect, http.timeout_read), **settings)
         except requests.RequestException as exc:
-            raise _transport_error(exc, url, secrets) from None
+            attempts += max(_tries.failed, 1)
+            raise _transport_error(exc, url, secrets, http, attempts) from None
+        attempts += _tries.failed + 1
         if not response.is_redirect:
             break
         following = joined_url(response.url, response.headers["Location"])
@@ -198,10 +216,8 @@ def open_page(session: requests.Session, request: ResolvedRequest, *, headers: d
             method, body = "GET", None  # what browsers and requests do
         target, params = following, None
     else:
-        raise TransportError(f"more than {MAX_REDIRECTS} redirects", url=url)
+        raise TransportError(f"more than {MAX_REDIRECTS} redirects", url=url, attempts=attempts)
     try:
-        history = getattr(response.raw, "retries", None)
-        attempts = 1 + (len(history.history) if history is not None else 0)
         if not 200 <= response.status_code < 300:
             reason = secrets.redact(_printable(response.reason or ""))[:200]
             error = HTTPStatusError(f"HTTP {response.status_code} {reason}".strip(),
@@ -229,42 +245,78 @@ def _printable(text: str) -> str:
 
 def read_body(response: Response, *, deadline: float, http: HttpSpec, url: str,
               secrets: SecretSet) -> Iterator[bytes]:
-    """Yield the decoded body in chunks as they arrive, enforcing the page deadline.
+    """Yield the decoded body in chunks as they arrive, enforcing the page deadline
+    and ``max_page_bytes``.
 
-    ``read1`` returns whatever bytes are there (up to 1 MiB), so a slow drip
-    still reaches the deadline check; a silence longer than ``timeout_read``
-    raises from the socket itself.
+    ``read1`` returns whatever bytes are there (up to 1 MiB, decoded: urllib3
+    inflates gzip/deflate/brotli in bounded steps), so a slow drip still reaches
+    the deadline check; a silence longer than ``timeout_read`` raises from the
+    socket itself.
     """
     raw = response.raw
+    cap = http.max_page_bytes
+    seen = 0
+    where = {"url": url, "status": response.status, "attempts": response.attempts}
     while True:
         try:
             chunk = raw.read1(CHUNK_BYTES, decode_content=True)
         except ReadTimeoutError:
             raise DeadlineExceeded(f"stalled: no byte for {http.timeout_read:g} s (timeout_read)",
-                                   url=url, status=response.status) from None
+                                   **where) from None
         except (IncompleteRead, ProtocolError, SSLError, OSError) as exc:
-            raise TruncatedBody(f"body cut short: {_describe(exc, secrets)}", url=url,
-                                status=response.status) from None
+            raise TruncatedBody(f"body cut short: {_describe(exc, secrets)}", **where) from None
         except DecodeError as exc:
-            raise TruncatedBody(f"cannot decode {response.headers.get('Content-Encoding')} body:"
-                                f" {_describe(exc, secrets)}", url=url,
-                                status=response.status) from None
+            encoding = _printable(response.headers.get("Content-Encoding") or "")[:40]
+            raise TruncatedBody(f"cannot decode the {encoding} body: {_describe(exc, secrets)}",
+                                **where) from None
         if not chunk:
             return
+        seen += len(chunk)
+        if cap and seen > cap:
+            raise PageTooLarge(f"the page is over max_page_bytes = {cap:,} decoded bytes"
+                               f" ({_content(response)}); a compression bomb, or raise"
+                               " http.max_page_bytes (0 = no cap)", **where)
         if time.monotonic() > deadline:
             raise DeadlineExceeded(f"page took longer than page_deadline = {http.page_deadline:g} s",
-                                   url=url, status=response.status)
+                                   **where)
         yield chunk
 
 
-def _transport_error(exc: requests.RequestException, url: str, secrets: SecretSet) -> PageError:
-    kind = {
-        requests.ConnectTimeout: "connect timed out",
-        requests.ReadTimeout: "no response before timeout_read",
-        requests.exceptions.SSLError: "TLS error",
-        requests.exceptions.TooManyRedirects: "too many redirects",
-    }.get(type(exc), "cannot connect")
-    return TransportError(f"{kind}: {_describe(exc, secrets)}", url=url)
+def _content(response: Response) -> str:
+    kind = _printable(response.headers.get("Content-Type") or "no Content-Type")[:80]
+    encoding = response.headers.get("Content-Encoding")
+    return f"{kind}, {_printable(encoding)[:40]}" if encoding else kind
+
+
+def _transport_error(exc: requests.RequestException, url: str, secrets: SecretSet,
+                     http: HttpSpec, attempts: int) -> PageError:
+    """What went wrong before a response, said plainly; urllib3's reason decides."""
+    reason: BaseException = exc
+    if exc.args and isinstance(exc.args[0], MaxRetryError) and exc.args[0].reason is not None:
+        reason = exc.args[0].reason
+    tries = f" ({attempts} request{'s' if attempts != 1 else ''} sent)"
+    if isinstance(reason, ReadTimeoutError) or isinstance(exc, requests.ReadTimeout):
+        return RequestTimeout(f"timed out: no response within timeout_read = {http.timeout_read:g}"
+                              f" s{tries}", url=url, attempts=attempts)
+    # urllib3 2 makes NewConnectionError (refused, DNS) a subclass of
+    # ConnectTimeoutError: ask for it first, or "refused" would read as a timeout.
+    if isinstance(reason, ConnectTimeoutError) and not isinstance(reason, NewConnectionError) \
+            or isinstance(exc, requests.ConnectTimeout) and not isinstance(reason,
+                                                                           NewConnectionError):
+        return RequestTimeout(f"timed out connecting: no connection within timeout_connect ="
+                              f" {http.timeout_connect:g} s{tries}", url=url, attempts=attempts)
+    if isinstance(reason, NameResolutionError):
+        kind = "cannot resolve the host name"
+    elif isinstance(reason, NewConnectionError):
+        kind = "cannot connect"
+    elif isinstance(reason, SSLError) or isinstance(exc, requests.exceptions.SSLError):
+        kind = "TLS error"
+    elif isinstance(reason, ProtocolError):
+        kind = "the API closed the connection without answering"
+    else:
+        kind = "request failed"
+    return TransportError(f"{kind}{tries}: {_describe(reason, secrets)}", url=url,
+                          attempts=attempts)
 
 
 def _describe(exc: BaseException, secrets: SecretSet) -> str:

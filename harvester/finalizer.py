@@ -120,12 +120,13 @@ def _seal(ledger: Ledger, job_id: str, spec: Any, out_dir: Path, plan: dict[str,
     write_atomically(out_dir / FAILED, failed_lines)
 
     state = ledger.state(job_id)
-    final_state = "cancelled" if state.cancelled else ("failed" if state.failed else "done")
+    final_state = "cancelled" if state.cancelled else (
+        "failed" if state.failed or state.aborted else "done")
     manifest = merge_manifest(
         plan["base"], job_id=job_id, spec=spec.to_dict(), new_shards=new_shards,
         generation=generation, state=final_state, started_at=_iso(state.created_at),
         finished_at=_iso(finished_at), total=state.total, committed=state.committed,
-        failed=state.failed)
+        failed=state.failed, error=state.aborted, capped=state.capped)
     write_atomically(out_dir / MANIFEST, json.dumps(manifest, indent=1).encode() + b"\n")
     return manifest
 

@@ -23,6 +23,7 @@ from .origin import check_api_url
 from .secrets import TEMPLATE
 
 JOB_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 # The largest page count a job may have, configured or announced by an API:
 # far above any real API, far below what breaks arithmetic (Lua numbers are doubles).
 MAX_PAGES = 100_000_000
@@ -51,10 +52,13 @@ class PaginationSpec:
     cursor_param: str = "cursor"
     cursor_path: str | None = None
     next_url_path: str | None = None
-    records_path: str | None = None
+    records_path: str | None = None  # "" = the body itself is the array
     stop_on_empty: bool = False
     max_pages: int | None = None
     allow_hosts: tuple[str, ...] = ()
+    page_size: int | None = None  # page style: records per page (with total_path/header)
+    total_header: str | None = None  # page 1's response header holding the record total
+    stop_on_status: tuple[int, ...] = ()  # a page answered with one of these ends the job
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class HttpSpec:
     backoff_factor: float = 0.5
     backoff_max: float = 60.0
     retry_statuses: tuple[int, ...] = (429, 500, 502, 503, 504)
+    max_page_bytes: int = 4 << 30  # decoded bytes of one page; 0 = no cap
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class OutputSpec:
     mode: str = "pages"
     records_path: str | None = None
     compress_level: int = 6
+    body_format: str = "auto"  # auto (by Content-Type) | json | jsonl
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,10 @@ class JobSpec:
 
     @property
     def records_path(self) -> str | None:
-        return self.output.records_path or self.pagination.records_path
+        """Where the records are ("" = the body is the array), or None if not said."""
+        if self.output.records_path is not None:
+            return self.output.records_path
+        return self.pagination.records_path
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, templates verbatim; :meth:`from_dict` inverts it."""
@@ -112,6 +121,7 @@ class JobSpec:
     def from_dict(cls, data: dict[str, Any]) -> "JobSpec":
         pagination = dict(data["pagination"])
         pagination["allow_hosts"] = tuple(pagination.get("allow_hosts") or ())
+        pagination["stop_on_status"] = tuple(pagination.get("stop_on_status") or ())
         http = dict(data["http"])
         http["retry_statuses"] = tuple(http["retry_statuses"])
         return cls(
@@ -157,6 +167,14 @@ def _json_path(value: str) -> str | None:
     return None if all(parts) else "must be a dotted path like 'meta.total_pages'"
 
 
+def _records_path(value: str) -> str | None:
+    return None if value == "" else _json_path(value)
+
+
+def _header_name(value: str) -> str | None:
+    return None if _HEADER_NAME.fullmatch(value) else "must be an HTTP header name"
+
+
 def _status_list(value: list) -> str | None:
     if not all(isinstance(s, int) and not isinstance(s, bool) and 100 <= s <= 599 for s in value):
         return "must list HTTP status codes (100-599)"
@@ -192,10 +210,13 @@ SECTIONS: dict[str, Schema] = {
         "cursor_param": ((str,), False, None),
         "cursor_path": ((str,), False, _json_path),
         "next_url_path": ((str,), False, _json_path),
-        "records_path": ((str,), False, _json_path),
+        "records_path": ((str,), False, _records_path),
         "stop_on_empty": ((bool,), False, None),
         "max_pages": ((int,), False, _page_count),
         "allow_hosts": ((list,), False, None),
+        "page_size": ((int,), False, _positive),
+        "total_header": ((str,), False, _header_name),
+        "stop_on_status": ((list,), False, _status_list),
     },
     "http": {
         "timeout_connect": (NUMBER, False, _positive),
@@ -205,6 +226,7 @@ SECTIONS: dict[str, Schema] = {
         "backoff_factor": (NUMBER, False, _non_negative),
         "backoff_max": (NUMBER, False, _non_negative),
         "retry_statuses": ((list,), False, _status_list),
+        "max_page_bytes": ((int,), False, _non_negative),
     },
     "limits": {
         "rate_per_second": (NUMBER, False, _positive),
@@ -213,8 +235,9 @@ SECTIONS: dict[str, Schema] = {
     "output": {
         "dir": ((str,), True, lambda v: None if v.strip() else "must not be empty"),
         "mode": ((str,), False, _one_of("pages", "records")),
-        "records_path": ((str,), False, _json_path),
+        "records_path": ((str,), False, _records_path),
         "compress_level": ((int,), False, _in_range(1, 9)),
+        "body_format": ((str,), False, _one_of("auto", "json", "jsonl")),
     },
 }
 REQUIRED_SECTIONS = ("job", "pagination", "output")
@@ -294,9 +317,6 @@ def _check_scalar_table(table: dict, path: str, key: str, *, numbers: bool) -> N
                                    f" {MAX_VALUE_CHARS:,}", path=path, key=f"{key}.{name[:64]}")
 
 
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-
-
 def _check_headers(headers: dict, path: str) -> None:
     for name, value in headers.items():
         if not _HEADER_NAME.fullmatch(name):
@@ -345,26 +365,53 @@ def _check_pagination(p: dict[str, Any], output: dict[str, Any], path: str) -> N
     if "total" in p and p["total"] > MAX_PAGES * p.get("limit", 100):
         raise JobSpecError(f"must be at most {MAX_PAGES:,} pages of limit records",
                            path=path, key="pagination.total")
+    ends = ("max_pages", "stop_on_empty", "stop_on_status")
     if style == "page":
-        forbid_both("pages", "total_pages_path")
-        if "pages" not in p and "total_pages_path" not in p and "max_pages" not in p \
-                and not p.get("stop_on_empty"):
-            need("pages", "or total_pages_path, max_pages, or stop_on_empty")
+        given = [k for k in ("pages", "total_pages_path", "total_path", "total_header") if k in p]
+        if len(given) > 1:
+            raise JobSpecError(f"give one of pagination.{given[0]} or pagination.{given[1]},"
+                               " not both", path=path, key=f"pagination.{given[1]}")
+        if not given and not any(p.get(k) for k in ends):
+            need("pages", "or total_pages_path, total_path or total_header with page_size,"
+                          " max_pages, stop_on_empty or stop_on_status")
+        for key in ("total_path", "total_header"):
+            if key in p and "page_size" not in p:
+                raise JobSpecError(f"pagination.{key} is a record count: give"
+                                   " pagination.page_size (records per page) too", path=path,
+                                   key="pagination.page_size")
     elif style == "offset":
-        forbid_both("total", "total_path")
-        if "total" not in p and "total_path" not in p and "max_pages" not in p \
-                and not p.get("stop_on_empty"):
-            need("total", "or total_path, max_pages, or stop_on_empty")
+        given = [k for k in ("total", "total_path", "total_header") if k in p]
+        if len(given) > 1:
+            raise JobSpecError(f"give one of pagination.{given[0]} or pagination.{given[1]},"
+                               " not both", path=path, key=f"pagination.{given[1]}")
+        if not given and not any(p.get(k) for k in ends):
+            need("total", "or total_path, total_header, max_pages, stop_on_empty or"
+                          " stop_on_status")
     elif style == "cursor" and "cursor_path" not in p:
         need("cursor_path", "where each response names the next cursor")
     elif style == "next_url" and "next_url_path" not in p:
         need("next_url_path", "where each response names the next URL")
+    if style != "page":
+        for key in ("page_size", "total_pages_path"):
+            if key in p:
+                raise JobSpecError(f"only applies to style = 'page'"
+                                   f"{' (offset jobs use limit)' if style == 'offset' else ''}",
+                                   path=path, key=f"pagination.{key}")
+    if style not in ("page", "offset"):
+        for key in ("total", "total_path", "total_header"):
+            if key in p:
+                raise JobSpecError("only applies to style = 'page' or 'offset'", path=path,
+                                   key=f"pagination.{key}")
 
-    if p.get("stop_on_empty") and not (p.get("records_path") or output.get("records_path")):
+    records_path = output.get("records_path", p.get("records_path"))
+    if p.get("stop_on_empty") and records_path is None:
         raise JobSpecError("stop_on_empty needs records_path (in [pagination] or [output])",
                            path=path, key="pagination.stop_on_empty")
-    if output.get("mode") == "records" and not (output.get("records_path") or p.get("records_path")):
-        raise JobSpecError("is required when output.mode = 'records'", path=path,
+    # A JSON Lines body is already one record per line: it needs no path.
+    if (output.get("mode") == "records" and records_path is None
+            and output.get("body_format") != "jsonl"):
+        raise JobSpecError("is required when output.mode = 'records' "
+                           "(unless output.body_format = 'jsonl')", path=path,
                            key="output.records_path")
     for host in p.get("allow_hosts", []):
         if not isinstance(host, str) or not host or "/" in host:
@@ -397,6 +444,13 @@ def parse_job(document: dict[str, Any], path: str = "<job>") -> JobSpec:
         raise JobSpecError("must be at least http.backoff_factor", path=path, key="http.backoff_max")
 
     pagination["allow_hosts"] = tuple(pagination.get("allow_hosts", ()))
+    pagination["stop_on_status"] = tuple(pagination.get("stop_on_status", ()))
+    overlap = set(pagination["stop_on_status"]) & set(http.get("retry_statuses",
+                                                             HttpSpec.retry_statuses))
+    if overlap:
+        raise JobSpecError(f"status {min(overlap)} is also in http.retry_statuses; a status either"
+                           " ends the job or is retried", path=path,
+                           key="pagination.stop_on_status")
     http_spec = HttpSpec(**{k: (tuple(v) if k == "retry_statuses" else v) for k, v in http.items()})
     return JobSpec(
         name=job["name"], url=job["url"], method=job.get("method", "GET"),

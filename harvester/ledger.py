@@ -18,8 +18,14 @@ Keys of job ``J`` (the ``{J}`` hash tag keeps them in one cluster slot)::
     hv:{J}:seen       set     identities of every cursor/next URL followed (loop check)
     hv:{J}:claims     hash    page -> pages its failure claimed (to replay a lost reply)
     hv:{J}:owner      hash    page -> the worker running it (unset while only queued)
+    hv:{J}:bucket     hash    the job's request-rate token bucket ([limits])
+    hv:{J}:inflight   zset    request slots held ([limits] max_in_flight)
     hv:jobs           zset    job id -> creation time
     hv:active         set     jobs not yet final (the reaper walks these)
+
+A final job's keys expire after ``keep_seconds`` (``HARVEST_KEEP_DAYS``, 30
+days by default; ``harvest retry`` makes them persistent again), and
+``harvest forget`` drops them at once.
 
 Page states are implicit: *committed* (in a ``c`` hash), *failed* (in
 ``failed``), *leased* (queued or running, in ``lease``), else *pending*. The
@@ -51,6 +57,9 @@ from .secrets import scrub, scrub_value
 log = structlog.get_logger("harvester.ledger")
 
 FINAL_STATES = ("done", "failed", "cancelled")
+# Every per-job key but the c:<n> commit buckets (listed in 'buckets').
+JOB_KEYS = ("job", "lease", "todo", "tries", "links", "owner", "failed", "claims", "buckets",
+            "segs", "sealed", "seen", "bucket", "inflight")
 BUCKET = 128
 FINALIZER_PAGE = 0
 
@@ -91,8 +100,10 @@ class Start:
     run: bool
     reason: str = ""
     tries: int = 0
-    link: dict[str, str] | None = None
+    link: dict[str, Any] | None = None
     paused: bool = False  # a Retry-After pause of the job is in force
+    total: int | None = None  # the job's page count now (None while more may appear)
+    spec_rev: int = 0  # bumped when 'harvest retry --job' amends the spec
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,12 @@ class JobState:
     finished_at: float | None
     in_flight: int
     cancelled: bool
+    aborted: str | None = None  # why the job could not go on
+    capped: str | None = None  # max_pages reached while the API had more
+
+    @property
+    def ended_early(self) -> bool:
+        return self.cancelled or self.aborted is not None
 
     @property
     def final(self) -> bool:
@@ -124,8 +141,11 @@ class Ledger:
     """All Redis I/O of the harvester (except Celery's own)."""
 
     def __init__(self, client: redis.Redis, *, lease_seconds: float = 15.0,
-                 queued_seconds: float = 900.0, wait_seconds: float = 120.0):
+                 queued_seconds: float = 900.0, wait_seconds: float = 120.0,
+                 keep_seconds: float = 30 * 86400):
         self.redis = client
+        # How long a final job's keys stay (0 = for ever).
+        self.keep_seconds = max(1, round(keep_seconds)) if keep_seconds > 0 else 0
         self.lease_ms = int(lease_seconds * 1000)
         self.queued_ms = int(queued_seconds * 1000)
         # How long a call waits for Redis to come back (restart, failover, network).
@@ -241,6 +261,8 @@ class Ledger:
             finished_at=float(finished) if finished else None,
             in_flight=in_flight if fields["state"] == "running" else 0,
             cancelled=fields.get("cancelled") == "1",
+            aborted=fields.get("aborted") or None,
+            capped=fields.get("capped") or None,
         )
 
     def field(self, job_id: str, name: str) -> str | None:
@@ -258,19 +280,30 @@ class Ledger:
     def recent_jobs(self, limit: int = 20) -> list[str]:
         return self._call(self.redis.zrevrange, "hv:jobs", 0, limit - 1)
 
+    def local_jobs_running(self) -> list[str]:
+        """Jobs of ``--local`` runs not yet final (with the lock held: orphans)."""
+        active = self.active_jobs()
+        flags = self._pipeline(lambda pipe: [
+            pipe.hmget(self.key(job_id, "job"), "local", "state") for job_id in active])
+        return [job_id for job_id, (local, state) in zip(active, flags)
+                if local == "1" and state not in FINAL_STATES]
+
     # ----------------------------------------------------------------- pages
 
     def start_page(self, job_id: str, page: int, worker: str = "?") -> "Start":
         """Lease ``page`` to ``worker``, with its link if it is a chained page."""
         result = self.run_script(
-            "start", [self.key(job_id, n) for n in ("job", "lease", "tries", "links", "owner")],
+            "start", [self.key(job_id, n) for n in ("job", "lease", "tries", "links", "owner",
+                                                    "failed")],
             [self.prefix(job_id), page, now_ms() + self.lease_ms, worker, now_ms()])
         if result[0] != "run":
             return Start(run=False, reason=result[1])
         paused_until = int(result[3]) if result[3] else 0
         return Start(run=True, tries=int(result[1]),
                      link=json.loads(result[2]) if result[2] else None,
-                     paused=paused_until > now_ms())
+                     paused=paused_until > now_ms(),
+                     total=int(result[4]) if result[5] == "0" else None,
+                     spec_rev=int(result[6] or 0))
 
     def register_segment(self, job_id: str, relative_path: str) -> int:
         seg_id = self._call(self.redis.hincrby, self.key(job_id, "job"), "next_segment", 1)
@@ -334,16 +367,72 @@ class Ledger:
 
     def cancel(self, job_id: str) -> str:
         return self.run_script("cancel", [self.key(job_id, n) for n in ("job", "lease", "todo")],
-                         [now_ms() + self.lease_ms])
+                               [now_ms() + self.lease_ms, ""])
+
+    def abort(self, job_id: str, reason: str) -> str:
+        """Stop a job that cannot go on, recording why (the manifest's ``error``)."""
+        return self.run_script("cancel", [self.key(job_id, n) for n in ("job", "lease", "todo")],
+                               [now_ms() + self.lease_ms, scrub(reason)[:2000] or "aborted"])
+
+    def end_at(self, job_id: str, page: int) -> str:
+        """``stop_on_status``: the job ends before ``page``. Returns last|ended|closed."""
+        return self.run_script(
+            "end_at", [self.key(job_id, n) for n in ("job", "lease", "tries", "owner", "links")],
+            [self.prefix(job_id), page, now_ms() + self.lease_ms])
+
+    def note_capped(self, job_id: str, reason: str) -> None:
+        """max_pages ended the job while the API had more: said in the manifest and run."""
+        self._call(self.redis.hset, self.key(job_id, "job"), "capped", reason[:500])
 
     def reopen(self, job_id: str, *, open_ended: bool) -> str:
         result = self.run_script("reopen", [self.key(job_id, n) for n in ("job", "failed", "todo",
                                                                        "tries")],
                            ["1" if open_ended else "0"])
         if result == "running":
-            self._pipeline(lambda pipe: (pipe.sadd("hv:active", job_id),
-                                         pipe.hdel(self.key(job_id, "job"), "finished_at")))
+            keys = self._job_keys(job_id)
+            def build(pipe: Any) -> None:
+                pipe.sadd("hv:active", job_id)
+                pipe.hdel(self.key(job_id, "job"), "finished_at")
+                for key in keys:
+                    pipe.persist(key)
+            self._pipeline(build)
         return result
+
+    def amend_spec(self, job_id: str, spec: JobSpec) -> None:
+        """A final job's spec, replaced (``harvest retry --job``); workers reload it."""
+        def build(pipe: Any) -> None:
+            pipe.hset(self.key(job_id, "job"), "spec",
+                      json.dumps(spec.to_dict(), separators=(",", ":")))
+            pipe.hincrby(self.key(job_id, "job"), "spec_rev", 1)
+        self._pipeline(build)
+
+    def finalizer_claimed(self, job_id: str) -> bool:
+        """Whether some process has begun sealing the job (holds page 0)."""
+        return self._call(self.redis.hexists, self.key(job_id, "owner"), FINALIZER_PAGE)
+
+    def forget(self, job_id: str) -> int:
+        """Drop every key of a job now; returns how many existed."""
+        keys = self._job_keys(job_id)
+        def build(pipe: Any) -> None:
+            for chunk in range(0, len(keys), 1000):
+                pipe.delete(*keys[chunk:chunk + 1000])
+            pipe.zrem("hv:jobs", job_id)
+            pipe.srem("hv:active", job_id)
+        return sum(self._pipeline(build)[:-2])
+
+    def _job_keys(self, job_id: str) -> list[str]:
+        buckets = self._call(self.redis.smembers, self.key(job_id, "buckets"))
+        return [self.key(job_id, name) for name in JOB_KEYS] + [
+            f"{self.prefix(job_id)}:c:{bucket}" for bucket in buckets]
+
+    def _expire(self, job_id: str) -> None:
+        if self.keep_seconds <= 0:
+            return
+        keys = self._job_keys(job_id)
+        def build(pipe: Any) -> None:
+            for key in keys:
+                pipe.expire(key, self.keep_seconds)
+        self._pipeline(build)
 
     def is_committed(self, job_id: str, page: int) -> bool:
         key = f"{self.prefix(job_id)}:c:{page // BUCKET}"
@@ -370,6 +459,12 @@ class Ledger:
 
     def failures(self, job_id: str) -> dict[int, dict[str, Any]]:
         entries = self._call(self.redis.hgetall, self.key(job_id, "failed"))
+        return {int(page): json.loads(record) for page, record in entries.items()}
+
+    def failure_sample(self, job_id: str, count: int = 200) -> dict[int, dict[str, Any]]:
+        """Some failure records (one HSCAN step, about ``count``): enough to say why
+        pages failed, at a bounded cost whatever the number of failures."""
+        _, entries = self._call(self.redis.hscan, self.key(job_id, "failed"), 0, count=count)
         return {int(page): json.loads(record) for page, record in entries.items()}
 
     def release_page(self, job_id: str, page: int, worker: str) -> None:
@@ -409,6 +504,7 @@ class Ledger:
             pipe.srem("hv:active", job_id)
 
         self._pipeline(build)
+        self._expire(job_id)
 
 
 def _describe_connection(client: redis.Redis) -> str:

@@ -3,11 +3,14 @@
 A private ``redis-server`` (AOF on, data under ``$HARVEST_HOME/local-redis`` so a
 job's ledger outlives the run and ``harvest retry --local`` finds it) and N
 Celery worker processes, each in its own process group, restarted when one
-dies, all stopped when the command ends.
+dies, all stopped when the command ends: by its own hand on the way out, and
+by the kernel (``PR_SET_PDEATHSIG``) if the command is killed outright, so a
+killed ``harvest run --local`` leaves no redis-server or worker behind.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import shutil
@@ -26,6 +29,22 @@ from .dispatch import QUEUE
 from .errors import LocalClusterError
 
 log = structlog.get_logger("harvester.local")
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int, sig: int = signal.SIGTERM):
+    """A ``preexec_fn``: the child gets ``sig`` when this process dies, however it
+    dies (Linux; elsewhere a no-op, and only a clean exit stops the children)."""
+    def set_up() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(sig))
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+    return set_up
 
 
 def free_port() -> int:
@@ -65,7 +84,7 @@ class LocalRedis:
              "--maxmemory-policy", "noeviction", "--logfile", "redis.log",
              "--protected-mode", "yes"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_die_with_parent(os.getpid()))
         client = redis.Redis(port=self.port, socket_connect_timeout=1)
         deadline = time.monotonic() + 30
         while True:
@@ -134,7 +153,11 @@ class WorkerPool:
         log_file = open(self.log_dir / f"worker-{index}.log", "ab")
         self.processes[index] = subprocess.Popen(
             self.command(index), env=env, stdin=subprocess.DEVNULL, stdout=log_file,
-            stderr=subprocess.STDOUT, start_new_session=True)
+            stderr=subprocess.STDOUT, start_new_session=True,
+            # SIGKILL, not a warm shutdown: with the command gone, its redis-server
+            # goes too, and a warm shutdown would wait on Redis for minutes. Nothing
+            # committed is lost; pages in flight are simply not committed.
+            preexec_fn=_die_with_parent(os.getpid(), signal.SIGKILL))
         log_file.close()
 
     def _supervise(self) -> None:

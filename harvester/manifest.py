@@ -88,8 +88,13 @@ def shard_entry(part: PlannedPart, sha256: str, generation: int) -> dict[str, An
 def merge_manifest(previous: dict[str, Any] | None, *, job_id: str, spec: dict[str, Any],
                    new_shards: list[dict[str, Any]], generation: int, state: str,
                    started_at: str, finished_at: str, total: int, committed: int,
-                   failed: int) -> dict[str, Any]:
-    """The manifest after ``generation``: the previous shards plus the new ones."""
+                   failed: int, error: str | None = None,
+                   capped: str | None = None) -> dict[str, Any]:
+    """The manifest after ``generation``: the previous shards plus the new ones.
+
+    ``error`` says why a job stopped before its end (e.g. the API caps its page
+    size); ``capped`` that max_pages ended it while the API had more pages.
+    """
     if previous is not None and previous.get("job_id") != job_id:
         raise ValueError(f"manifest belongs to job {previous.get('job_id')!r}, not {job_id!r}")
     shards = list(previous["shards"]) if previous else []
@@ -104,6 +109,8 @@ def merge_manifest(previous: dict[str, Any] | None, *, job_id: str, spec: dict[s
         "finished_at": finished_at,
         "generation": generation,
         "pages": {"total": total, "ok": committed, "failed": failed, "pending": pending},
+        "error": error,
+        "capped": capped,
         "lines": sum(s["lines"] for s in shards),
         "compressed_bytes": sum(s["compressed_bytes"] for s in shards),
         "raw_bytes": sum(s["raw_bytes"] for s in shards),

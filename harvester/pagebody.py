@@ -18,21 +18,31 @@ from dataclasses import dataclass
 from typing import Any
 
 from .body import BodyInspector
-from .errors import InvalidJSON
-from .scan import WHITESPACE, JsonScanner
+from .errors import InvalidJSON, RecordsNotFound
+from .scan import ONE_LINE, WHITESPACE, JsonScanner
 
-# In valid JSON a raw CR or LF can only be insignificant whitespace (inside a
-# string they must be escaped), so mapping them to spaces keeps the value
-# byte-for-byte the same while putting it on one JSON Lines line.
-ONE_LINE = bytes.maketrans(b"\r\n", b"  ")
 _BOM = b"\xef\xbb\xbf"
 JSON_LINES_TYPES = frozenset({"application/x-ndjson", "application/jsonl",
                               "application/x-jsonlines", "application/jsonlines",
                               "application/json-lines", "application/x-json-lines"})
 
 
-def is_json_lines(content_type: str | None) -> bool:
+def is_json_lines(content_type: str | None, body_format: str = "auto") -> bool:
+    """JSON Lines by the job's ``body_format``, or (auto) by the Content-Type."""
+    if body_format != "auto":
+        return body_format == "jsonl"
     return (content_type or "").split(";")[0].strip().lower() in JSON_LINES_TYPES
+
+
+# What a JSON value (or a JSON Lines line) can start with.
+_JSON_START = frozenset(b'{["-0123456789tfn')
+
+
+def printable_prefix(data: bytes, limit: int = 60) -> str:
+    """The start of a body for a message: text as text, anything else as '.'."""
+    text = data[:limit].decode("utf-8", "replace")
+    shown = "".join(c if c.isprintable() and c != "\ufffd" else "." for c in text)
+    return shown + ("..." if len(data) > limit else "")
 
 
 @dataclass(frozen=True)
@@ -80,8 +90,9 @@ class PageBody:
 
     def __init__(self, *, write: Callable[[bytes], None], records_mode: bool,
                  records_path: str | None, value_paths: list[str], count_records: bool,
-                 json_lines: bool, line_prefix: bytes):
+                 json_lines: bool, line_prefix: bytes, content_type: str | None = None):
         self.write = write
+        self.content_type = content_type
         self.records_mode = records_mode
         self.json_lines = json_lines
         self.count_records = count_records or records_mode
@@ -103,7 +114,8 @@ class PageBody:
                 self._scanner = JsonScanner(
                     records_path=records_path if wants_records else None,
                     value_paths=value_paths,
-                    on_record=self._record_piece if records_mode else None)
+                    on_record=self._record_piece if records_mode else None,
+                    on_lines=self._record_lines if records_mode else None)
             if not records_mode:
                 write(line_prefix)
         self._records_path = records_path
@@ -113,7 +125,9 @@ class PageBody:
     def feed(self, chunk: bytes) -> None:
         if self._first_chunk:
             chunk = chunk.removeprefix(_BOM)
-            self._first_chunk = False
+            if chunk.strip(WHITESPACE):
+                self._first_chunk = False
+                self._check_start(chunk)
         if not chunk:
             return
         if self._lines is not None:
@@ -124,6 +138,15 @@ class PageBody:
             self._scanner.feed(chunk)
         if not self.records_mode:
             self.write(chunk.translate(ONE_LINE))
+
+    def _check_start(self, chunk: bytes) -> None:
+        """An HTML error page or a binary body is named as such, by its Content-Type."""
+        first = chunk.lstrip(WHITESPACE)[:1]
+        if first and first[0] not in _JSON_START:
+            kind = "".join(c if c.isprintable() else "?" for c in
+                           (self.content_type or "no Content-Type"))[:80]
+            raise InvalidJSON(f"body is not JSON (Content-Type: {kind}); it starts with"
+                              f" {printable_prefix(chunk.lstrip(WHITESPACE))!r}")
 
     def finish(self) -> BodyResult:
         if self._lines is not None:
@@ -139,7 +162,7 @@ class PageBody:
             values = self._scanner.finish()
             if self._scanner.records_path is not None:
                 if not self._scanner.records_array_seen:
-                    raise InvalidJSON(f"no array at records_path {self._records_path!r}")
+                    raise RecordsNotFound(self._scanner.records_problem())
                 records = self._scanner.records
         if not self.records_mode:
             self.write(b"}\n")
@@ -153,6 +176,9 @@ class PageBody:
             self.write(piece.translate(ONE_LINE))
         if done:
             self.write(b"\n")
+
+    def _record_lines(self, data: bytes, count: int) -> None:
+        self.write(data)
 
     def _jsonl_piece(self, piece: bytes, first: bool) -> None:
         if first:

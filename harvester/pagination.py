@@ -57,11 +57,12 @@ class PageRequest:
 def is_fan_out(spec: JobSpec) -> bool:
     """True when every page's request follows from its number and the total is knowable.
 
-    ``stop_on_empty`` makes any job a chain: the end is only known from the data,
-    and pages past the empty one must never be requested.
+    ``stop_on_empty`` and ``stop_on_status`` make any job a chain: the end is only
+    known from the data, and pages past the last one must never be requested.
     """
-    return spec.pagination.style in FAN_OUT_STYLES and not spec.pagination.stop_on_empty and (
-        known_total(spec) is not None or total_path(spec) is not None)
+    p = spec.pagination
+    return p.style in FAN_OUT_STYLES and not p.stop_on_empty and not p.stop_on_status and (
+        known_total(spec) is not None or learns_total(spec))
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class Link:
 
     cursor: Template | None = None
     url: Template | None = None
+    # Numbered chains: the record count of the page before, when it was short of a
+    # full page; a page with records after it shows the API caps the page size.
+    short: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("cursor", "url"):
@@ -83,14 +87,17 @@ class Link:
                 object.__setattr__(self, name, Template.literal(value))
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v.to_json() for k, v in (("cursor", self.cursor), ("url", self.url))
-                if v is not None}
+        found: dict[str, Any] = {k: v.to_json() for k, v in (("cursor", self.cursor),
+                                                             ("url", self.url)) if v is not None}
+        if self.short is not None:
+            found["short"] = self.short
+        return found
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "Link | None":
         if not data:
             return None
-        return cls(**{k: Template.from_json(v) for k, v in data.items()})
+        return cls(**{k: (v if k == "short" else Template.from_json(v)) for k, v in data.items()})
 
     @property
     def identity(self) -> str | None:
@@ -108,6 +115,7 @@ class Next:
 
     link: Link | None
     end_reason: str | None = None
+    capped: bool = False  # max_pages ended the job while the API had more
 
 
 def known_total(spec: JobSpec) -> int | None:
@@ -121,24 +129,63 @@ def known_total(spec: JobSpec) -> int | None:
     return _capped(total, p.max_pages)
 
 
+def capped_from_the_start(spec: JobSpec) -> bool:
+    """The job file's own total is more than max_pages lets the job fetch."""
+    p = spec.pagination
+    if p.max_pages is None:
+        return False
+    if p.style == "page" and p.pages is not None:
+        return p.pages > p.max_pages
+    if p.style == "offset" and p.total is not None:
+        return math.ceil(p.total / p.limit) > p.max_pages
+    return False
+
+
 def total_path(spec: JobSpec) -> str | None:
     """The body path page 1 reports the total at, when the total must be learnt."""
     p = spec.pagination
     if p.style == "page" and p.pages is None:
-        return p.total_pages_path
+        return p.total_pages_path or p.total_path
     if p.style == "offset" and p.total is None:
         return p.total_path
     return None
 
 
-def total_from_value(spec: JobSpec, value: Any) -> int:
-    """The page count from the value found at :func:`total_path` on page 1.
+def total_header(spec: JobSpec) -> str | None:
+    """The response header page 1 reports the record total in, when one is named."""
+    p = spec.pagination
+    return p.total_header if p.style in FAN_OUT_STYLES else None
+
+
+def learns_total(spec: JobSpec) -> bool:
+    return total_path(spec) is not None or total_header(spec) is not None
+
+
+def page_size(spec: JobSpec) -> int | None:
+    """Records a full page holds, when the job says (offset: limit; page: page_size)."""
+    p = spec.pagination
+    return p.limit if p.style == "offset" else p.page_size if p.style == "page" else None
+
+
+def total_from_header(spec: JobSpec, value: str | None) -> int:
+    """The page count from page 1's :func:`total_header` (a record count)."""
+    name = total_header(spec)
+    if value is None:
+        raise PaginationError(f"page 1 has no {name} header")
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 30):
+        raise PaginationError(f"header {name} = {_shown(text)} is not a whole number >= 0")
+    return total_from_value(spec, int(text), what=f"header {name}")
+
+
+def total_from_value(spec: JobSpec, value: Any, what: str | None = None) -> int:
+    """The page count from the total page 1 reports (at :func:`total_path`, or a header).
 
     The value is hostile: anything but a whole number from 0 to what
     :data:`MAX_PAGES` pages hold fails page 1 with the reason.
     """
     p = spec.pagination
-    path = total_path(spec)
+    path = what or total_path(spec)
     if isinstance(value, Unreadable):
         raise PaginationError(f"the total at {path} cannot be read: {value.reason}")
     # The body parser reads non-integers as Decimal (exact), e.g. 3.0 or 1.5e3.
@@ -147,7 +194,8 @@ def total_from_value(spec: JobSpec, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)) \
             or not finite or value < 0:
         raise PaginationError(f"{path} must be a whole number >= 0, got {_shown(value)}")
-    per_page = 1 if p.style == "page" else p.limit
+    # A count of pages, or of records (offset's limit or page's page_size per page).
+    per_page = 1 if (p.style == "page" and p.total_pages_path) else page_size(spec) or 1
     # Compared before int(): int() of 1e999999999 would take the worker's memory.
     if value > Decimal(MAX_PAGES) * per_page:
         raise PaginationError(
@@ -156,9 +204,14 @@ def total_from_value(spec: JobSpec, value: Any) -> int:
             " max_pages yourself)")
     if value != int(value):
         raise PaginationError(f"{path} must be a whole number >= 0, got {_shown(value)}")
-    total = int(value) if p.style == "page" else math.ceil(int(value) / p.limit)
+    total = math.ceil(int(value) / per_page)
     # An API that reports 0 pages still answered page 1: the job has that one page.
     return _capped(max(total, 1), p.max_pages) or 1
+
+
+def announced_over_cap(spec: JobSpec, pages: int) -> bool:
+    """Whether a learnt total of ``pages`` (before capping) exceeds max_pages."""
+    return spec.pagination.max_pages is not None and pages > spec.pagination.max_pages
 
 
 def _shown(value: Any) -> str:
@@ -225,8 +278,9 @@ def wanted_values(spec: JobSpec, page: int) -> list[str]:
     """Body paths to read while page ``page`` streams."""
     p = spec.pagination
     paths = []
-    if page == 1 and total_path(spec) is not None and is_fan_out(spec):
-        paths.append(total_path(spec))
+    path = total_path(spec)
+    if page == 1 and path is not None and is_fan_out(spec):
+        paths.append(path)
     if p.style == "cursor":
         paths.append(p.cursor_path)
     elif p.style == "next_url":
@@ -235,8 +289,32 @@ def wanted_values(spec: JobSpec, page: int) -> list[str]:
 
 
 def counts_records(spec: JobSpec) -> bool:
-    """Whether a page's records must be counted (records mode, stop_on_empty)."""
-    return spec.output.mode == "records" or spec.pagination.stop_on_empty
+    """Whether a page's records must be counted: records mode, stop_on_empty, or a
+    page size to check (an API that caps it would otherwise skip records)."""
+    return spec.output.mode == "records" or spec.pagination.stop_on_empty or (
+        page_size(spec) is not None and spec.records_path is not None)
+
+
+def short_page(spec: JobSpec, page: int, records: int | None, total: int | None) -> str | None:
+    """Why page ``page`` shows the API capped its page size, or None.
+
+    A page before the last (``total``, when known) holding fewer records than a
+    full page means records between it and the next page were skipped.
+    """
+    size = page_size(spec)
+    if size is None or records is None or total is None or page >= total or records >= size:
+        return None
+    return cap_message(spec, page, records)
+
+
+def cap_message(spec: JobSpec, page: int, records: int) -> str:
+    key = "limit" if spec.pagination.style == "offset" else "page_size"
+    size = page_size(spec)
+    fix = f"pagination.{key} = {records}" if records else f"a smaller pagination.{key}"
+    return (f"page {page} holds {records} records where a full page holds {size}"
+            f" (pagination.{key}), and it is not the last page: the API caps its page size,"
+            f" so records were skipped. Set {fix} (and the request parameter the API"
+            " reads, if any) and run the job again into a new output dir.")
 
 
 def next_after(spec: JobSpec, page: int, url: str, values: dict[str, Any],
@@ -280,8 +358,13 @@ def next_after(spec: JobSpec, page: int, url: str, values: dict[str, Any],
     if p.stop_on_empty and records == 0:
         return Next(None, "empty page (stop_on_empty)")
     if p.max_pages is not None and page >= p.max_pages:
-        return Next(None, f"max_pages = {p.max_pages}")
-    return Next(link or Link())
+        return Next(None, f"max_pages = {p.max_pages} reached while the API had more pages",
+                    capped=True)
+    if link is None:  # a numbered chain (page/offset): remember a short page
+        size = page_size(spec)
+        short = records if size is not None and records is not None and records < size else None
+        return Next(Link(short=short))
+    return Next(link)
 
 
 def _chain_value(values: dict[str, Any], path: str, what: str) -> Any:

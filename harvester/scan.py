@@ -48,9 +48,16 @@ def _nest(inner: bytes) -> bytes:
 # A whole container nested at most three deep, matched in C in one call.
 _CONTAINER = _nest(_nest(_nest(b"")))
 _SHALLOW_CONTAINER = re.compile(_CONTAINER, re.S)
-# A run of such containers inside an array, each followed by a comma.
-_CONTAINER_RUN = re.compile(rb"(?:[ \t\r\n]*" + _CONTAINER + rb"[ \t\r\n]*,)++", re.S)
+# A run of such containers (or strings) inside an array, each followed by a comma.
+_ELEMENT = rb"(?:" + _CONTAINER + rb"|" + _STR + rb")"
+_ELEMENT_RUN = re.compile(rb"(?:[ \t\r\n]*" + _ELEMENT + rb"[ \t\r\n]*,)++", re.S)
+_ONE_ELEMENT = re.compile(_ELEMENT, re.S)
+# A stretch of an array holding only numbers and literals (no string, no container).
+_SCALARS = re.compile(rb'[^"\[\]{}]++')
 MAX_CAPTURE = 64 * 1024
+# Raw CR and LF can only be insignificant whitespace in valid JSON: a space keeps a
+# record on one line without changing what it means.
+ONE_LINE = bytes.maketrans(b"\r\n", b"  ")
 
 
 class Unreadable:
@@ -89,16 +96,26 @@ class JsonScanner:
 
     ``on_record(piece, done)`` receives a record's bytes in one or more pieces;
     ``done`` is True on the record's last call (with a possibly empty piece).
+    ``on_lines(data, count)``, if given, takes runs of whole records in one call
+    (an array of a million tiny records must not cost a million Python calls):
+    ``count`` records, each followed by ``\n``, any raw CR/LF inside them (only
+    ever whitespace) turned into a space; without it each goes to ``on_record``.
     """
 
     def __init__(self, *, records_path: str | None = None, value_paths: Iterable[str] = (),
-                 on_record: Callable[[bytes, bool], None] | None = None):
+                 on_record: Callable[[bytes, bool], None] | None = None,
+                 on_lines: Callable[[bytes, int], None] | None = None):
         self.records_path = split_path(records_path) if records_path is not None else None
         self.value_paths = {split_path(p): p for p in value_paths}
         self.on_record = on_record
+        self.on_lines = on_lines
         self.values: dict[str, Any] = {}
         self.records = 0
         self.records_array_seen = False
+        # For a body without the records array: the keys of the objects along its
+        # path, and what sat at the path instead of an array.
+        self._keys_along: dict[tuple[str, ...], list[str]] = {}
+        self._found_instead: str | None = None
         self._interesting = set()
         for path in [*self.value_paths, *([self.records_path] if self.records_path is not None else [])]:
             for cut in range(len(path) + 1):
@@ -108,6 +125,7 @@ class JsonScanner:
         # The value being consumed right now (skipped, emitted or captured).
         self._value: _Value | None = None
         self._key_parts: list[bytes] | None = None
+        self._key_bytes = 0
         self._key_escape = False
 
     # ----------------------------------------------------------- public API
@@ -127,8 +145,8 @@ class JsonScanner:
             if match is None:
                 return
             i = match.start()
-            if self._stack and self._stack[-1].kind == 0x5B and chunk[i] in (0x7B, 0x5B):
-                after = self._container_run(chunk, i)
+            if self._stack and self._stack[-1].kind == 0x5B and chunk[i] not in (0x2C, 0x5D):
+                after = self._element_run(chunk, i)
                 if after != i:
                     i = after
                     continue
@@ -141,6 +159,19 @@ class JsonScanner:
         if self._stack or self._value is not None or not self._started:
             raise InvalidJSON("body ends inside a JSON value")
         return dict(self.values)
+
+    def records_problem(self) -> str:
+        """Why no records array was found, naming what the body holds instead."""
+        path = ".".join(self.records_path or ())
+        if self._found_instead is not None:
+            where = f"at records_path {path!r}" if path else "the body (records_path = '')"
+            return f"{where} is {self._found_instead}, not an array"
+        deepest = max(self._keys_along, key=len, default=None)
+        if deepest is None:
+            return f"no array at records_path {path!r}: the body is not an object"
+        keys = ", ".join(self._keys_along[deepest]) or "(none)"
+        at = f"the object at {'.'.join(deepest)!r}" if deepest else "the body"
+        return f"no array at records_path {path!r}; {at} has keys: {keys}"
 
     # ----------------------------------------------------------- structure
 
@@ -159,6 +190,7 @@ class JsonScanner:
         if frame is not None and frame.kind == 0x7B and frame.expect_key:
             if char == 0x22:  # '"' a key begins
                 self._key_parts = []
+                self._key_bytes = 0
                 return i + 1
             if char == 0x7D:  # '}' empty object
                 return self._close(i)
@@ -182,6 +214,10 @@ class JsonScanner:
         path = None if in_records else self._path_of_next_value()
         char = chunk[i]
         container = char in (0x7B, 0x5B)
+        if path is not None and path == self.records_path and char != 0x5B \
+                and self._found_instead is None:
+            self._found_instead = {0x7B: "an object", 0x22: "a string"}.get(
+                char, "a number, true, false or null")
         if container and not in_records and path is not None and path in self._interesting:
             self._stack.append(_Frame(char, path))
             if path == self.records_path and char == 0x5B:
@@ -208,21 +244,49 @@ class JsonScanner:
         self._value_path = path
         return i
 
-    def _container_run(self, chunk: bytes, i: int) -> int:
-        """Skip (or emit, in the records array) a run of whole elements in C."""
+    def _element_run(self, chunk: bytes, i: int) -> int:
+        """Skip (or emit, in the records array) a run of whole elements in C: numbers
+        and literals up to the last comma before a string or container, else
+        shallow containers and strings each followed by a comma."""
         frame = self._stack[-1]
         in_records = self.records_path is not None and frame.path == self.records_path
         if not in_records and frame.path is not None:
             return i
-        run = _CONTAINER_RUN.match(chunk, i)
+        if chunk[i] not in (0x7B, 0x5B, 0x22):
+            stretch = _SCALARS.match(chunk, i)
+            end = chunk.rfind(b",", i, stretch.end()) + 1
+            if end <= i:
+                return i
+            self._started = True
+            if in_records:
+                # Numbers and literals hold no whitespace: what is left is the records.
+                scalars = chunk[i:end].translate(None, WHITESPACE)
+                self._emit_lines(scalars.replace(b",", b"\n"), scalars.count(b","))
+            return end
+        run = _ELEMENT_RUN.match(chunk, i)
         if run is None:
             return i
         self._started = True
         if in_records:
-            for record in _SHALLOW_CONTAINER.finditer(chunk, i, run.end()):
-                self._emit_record(record.group(), True)
-                self.records += 1
+            if self.on_lines is None:
+                for record in _ONE_ELEMENT.finditer(chunk, i, run.end()):
+                    self._emit_record(record.group(), True)
+                    self.records += 1
+            else:
+                text = chunk[i:run.end()].translate(ONE_LINE)
+                records = [m.group() for m in _ONE_ELEMENT.finditer(text)]
+                records.append(b"")
+                self._emit_lines(b"\n".join(records), len(records) - 1)
         return run.end()
+
+    def _emit_lines(self, data: bytes, count: int) -> None:
+        """``count`` whole records, each ending in a newline and free of raw CR/LF."""
+        self.records += count
+        if self.on_lines is not None:
+            self.on_lines(data, count)
+        elif self.on_record is not None:
+            for record in data.split(b"\n")[:-1]:
+                self.on_record(record, True)
 
     def _close(self, i: int) -> int:
         if not self._stack:
@@ -267,13 +331,25 @@ class JsonScanner:
             i += 1
         match = _STRING_BODY.match(chunk, i)
         end = match.end()
-        self._key_parts.append(chunk[i:end])
+        self._key_bytes += end - i
+        if self._key_bytes <= MAX_CAPTURE:
+            self._key_parts.append(chunk[i:end])
+        else:
+            self._key_parts.clear()  # a key this long matches no path: keep none of it
         if end < len(chunk) and chunk[end] == 0x22:
             raw = b"".join(self._key_parts)
             self._key_parts = None
             frame = self._stack[-1]
-            frame.key = json.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
+            if self._key_bytes > MAX_CAPTURE:
+                frame.key = "\x00(a key over 64 KiB)"
+            else:
+                frame.key = json.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode()
             frame.expect_key = False
+            if self.records_path is not None and frame.path is not None \
+                    and frame.path == self.records_path[:len(frame.path)]:
+                keys = self._keys_along.setdefault(frame.path, [])
+                if len(keys) < 20:
+                    keys.append(frame.key[:60])
             return end + 1
         if end < len(chunk) and chunk[end] == 0x5C:  # a backslash ends the chunk
             self._key_parts.append(chunk[end:end + 1])

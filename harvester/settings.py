@@ -44,6 +44,8 @@ class Settings:
     fsync: bool
     home: Path
     log_format: str
+    # How long a final job's ledger stays in Redis (0 = for ever); then it expires.
+    keep_seconds: float = 30 * 86400
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -61,6 +63,7 @@ class Settings:
             fsync=os.environ.get("HARVEST_FSYNC", "1") != "0",
             home=home,
             log_format=os.environ.get("HARVEST_LOG_FORMAT", "console"),
+            keep_seconds=_float("HARVEST_KEEP_DAYS", 30.0) * 86400,
         )
 
 
@@ -70,4 +73,5 @@ def ledger_for(settings: Settings):
 
     return Ledger.from_url(settings.redis_url, lease_seconds=settings.lease_seconds,
                            queued_seconds=settings.queued_seconds,
-                           wait_seconds=settings.redis_wait_seconds)
+                           wait_seconds=settings.redis_wait_seconds,
+                           keep_seconds=settings.keep_seconds)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .body import BodyInspector
-from .errors import InvalidJSON, VerifyError
+from .errors import InvalidJSON, OutputDirError, VerifyError
 from .finalizer import read_manifest
 from .manifest import FAILED, SUCCESS, expand_ranges
 
@@ -29,20 +29,39 @@ class Report:
     lines: int = 0
     raw_bytes: int = 0
     problems: list[str] = field(default_factory=list)
+    job_id: str = ""
+    state: str = ""
+    failed: int = 0
+    pending: int = 0
+    capped: str | None = None
+    error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Every page the job has is committed (intact is checked separately)."""
+        return self.state == "done" and self.failed == 0 and self.pending == 0
 
 
 def verify(directory: str | Path) -> Report:
+    """Check ``directory`` is intact; the report says whether it is also complete.
+
+    Raises :class:`VerifyError` for damage (a shard cut short, a checksum that
+    does not match, a page twice), :class:`OutputDirError` without a manifest.
+    """
     out_dir = Path(directory)
     manifest = read_manifest(out_dir)
     if manifest is None:
-        raise VerifyError(str(out_dir), [f"no {out_dir / '_manifest.json'}"])
-    report = Report()
+        raise OutputDirError("has no _manifest.json: not the output of a finished harvest",
+                             path=str(out_dir))
+    counts = manifest["pages"]
+    report = Report(job_id=manifest.get("job_id", ""), state=manifest.get("state", ""),
+                    failed=counts["failed"], pending=counts["pending"],
+                    capped=manifest.get("capped"), error=manifest.get("error"))
     pages_mode = manifest["job"]["output"]["mode"] == "pages"
     seen: set[int] = set()
     for shard in manifest["shards"]:
         report.shards += 1
         _check_shard(out_dir, shard, pages_mode, seen, report)
-    counts = manifest["pages"]
     if pages_mode and len(seen) != counts["ok"]:
         report.problems.append(f"manifest says {counts['ok']} pages ok, shards hold {len(seen)}")
     failed_path = out_dir / FAILED
@@ -153,5 +172,8 @@ class _LineChecker:
 
 
 def summary(report: Report) -> str:
-    return json.dumps({"shards": report.shards, "pages": report.pages, "lines": report.lines,
-                       "raw_bytes": report.raw_bytes})
+    return json.dumps({"job_id": report.job_id, "state": report.state,
+                       "complete": report.complete, "shards": report.shards,
+                       "pages": report.pages, "lines": report.lines,
+                       "raw_bytes": report.raw_bytes, "failed": report.failed,
+                       "pending": report.pending, "capped": report.capped})

@@ -11,14 +11,20 @@
   Leases in the ledger (see ``harvester.heartbeat``) re-send a dead worker's page
   within seconds, long before that.
 - Task events on, so Flower shows every page task.
+- Logging: Celery's records go through the harvester's structlog pipeline. With
+  ``HARVEST_LOG_FORMAT=json`` every line the worker writes, on stdout or stderr,
+  is one JSON object: no banner, warnings captured from the start, and the
+  shutdown notices Celery writes raw from its signal handlers as JSON lines too.
 """
 
 from __future__ import annotations
 
 import ssl
+import warnings
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.exceptions import CPendingDeprecationWarning
+from celery.signals import celeryd_after_setup, celeryd_init, setup_logging
 
 from harvester import logs
 from harvester.dispatch import QUEUE
@@ -71,6 +77,39 @@ def _use_harvester_logging(loglevel: object = None, **_: object) -> None:
     # Connecting this signal stops Celery from installing its own handlers:
     # its records flow through the structlog pipeline instead.
     logs.configure(Settings.from_env().log_format, level=loglevel or "INFO")
+
+
+@celeryd_after_setup.connect
+def _quiet_known_warnings(**_: object) -> None:
+    # We chose worker_cancel_long_running_tasks_on_connection_loss = False on purpose
+    # (leases and the ledger handle a lost connection); Celery warns about it on every
+    # lost connection all the same. Added here, after Celery's logging setup has put
+    # an "always" filter for its deprecation warnings in front.
+    warnings.filterwarnings("ignore", message=r"\s*In Celery 5\.1 we introduced an optional",
+                            category=CPendingDeprecationWarning)
+
+
+@celeryd_init.connect
+def _log_from_the_start(instance: object = None, options: dict | None = None,
+                        **_: object) -> None:
+    # The first signal of a worker, before its privilege check warns and long before
+    # setup_logging: from here on warnings are log records, not raw stderr text.
+    log_format = Settings.from_env().log_format
+    logs.configure(log_format, level=(options or {}).get("loglevel") or "INFO")
+    if log_format != "json":
+        return
+    # The banner is plain text on stdout; Worker.on_start prints it unless quiet.
+    instance.quiet = True  # type: ignore[attr-defined]
+    # Celery's signal handlers write "worker: Warm shutdown (MainProcess)" and the
+    # like with os.write (safe in a handler, where logging's locks are not).
+    from celery.apps import worker as celery_worker
+
+    if callable(getattr(celery_worker, "safe_say", None)):
+        celery_worker.safe_say = _say_as_json
+
+
+def _say_as_json(msg: str, f: object = None) -> None:
+    logs.raw_json_line(str(msg).strip(), level="warning", logger="celery.apps.worker")
 
 
 app = make_app()

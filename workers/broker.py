@@ -11,23 +11,45 @@ scheme decides the transport.
 
 from __future__ import annotations
 
+import redis.exceptions
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 
 
 class Channel(kombu_redis.Channel):
-    _sync_client = None
-    _sync_client_pool = None
+    # (pool, client): one attribute, so threads acking at once never pair a client
+    # with another pool's identity.
+    _sync_cache: tuple | None = None
 
     def _create_client(self, asynchronous=False):
         if asynchronous:
             return super()._create_client(asynchronous=True)
         pool = self.pool
-        # kombu replaces the pool after a connection error; follow it.
-        if self._sync_client is None or self._sync_client_pool is not pool:
-            self._sync_client = super()._create_client(asynchronous=False)
-            self._sync_client_pool = pool
-        return self._sync_client
+        cached = self._sync_cache
+        # kombu replaces the pool after a connection error (_disconnect_pools); follow it.
+        # `is` is safe: the cache keeps the old pool alive, so its id is never reused;
+        # the key is the pool the client really uses, even if another thread swapped it.
+        # After a reconnect kombu builds a new Transport and new channels, so a new
+        # connection never sees this channel's cache.
+        if cached is None or cached[0] is not pool:
+            client = super()._create_client(asynchronous=False)
+            cached = self._sync_cache = (client.connection_pool, client)
+        return cached[1]
+
+    def _get_pool(self, asynchronous=False):
+        # Issue 8: on a connection error celery's consumer calls connection.collect(),
+        # which clears transport.client, then connection.close(), which closes this
+        # channel again: Channel.close drops the pool, then QoS.restore_unacked_once
+        # asks for a client, and building a new pool reads
+        # self.connection.client.hostname (_connparams) -> AttributeError, which
+        # celery does not treat as a connection error: the worker died. A closed
+        # channel's connection is gone, so say so with an error kombu and celery
+        # recover from (restore skipped, as when Redis is down; acks of a closed
+        # channel are logged and the messages come back after the visibility timeout).
+        transport = self.connection
+        if transport is None or transport.client is None:
+            raise redis.exceptions.ConnectionError("the broker channel is closed")
+        return super()._get_pool(asynchronous=asynchronous)
 
 
 class Transport(kombu_redis.Transport):

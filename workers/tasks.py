@@ -10,7 +10,7 @@ from celery.exceptions import Reject
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 from harvester.dispatch import FINALIZE_TASK, PAGE_TASK, CeleryDispatcher
-from harvester.errors import Abandoned, HarvesterError
+from harvester.errors import Abandoned, HarvesterError, PageFailed
 from harvester.finalizer import finalize
 from harvester.heartbeat import Heartbeat
 from harvester.runner import PageRunner
@@ -39,7 +39,12 @@ def _bind(**context: object) -> None:
     structlog.contextvars.bind_contextvars(**context)
 
 
-@app.task(name=PAGE_TASK, bind=True)
+# A page that failed for good raises PageFailed (see PageRunner._fail): the task ends
+# in FAILURE, so its task-failed event carries the error class and (scrubbed) message
+# for Flower; task_acks_on_failure_or_timeout acks its message all the same, and the
+# ledger has already recorded the failure. ``throws`` makes Celery log it as an
+# expected error: one INFO line, no traceback.
+@app.task(name=PAGE_TASK, bind=True, throws=(PageFailed,))
 def harvest_page(self, job_id: str, page: int) -> str:
     _bind(job_id=str(job_id), page=int(page), task_id=self.request.id)
     try:

@@ -10,5 +10,6 @@ for _, page in ipairs(pages) do
 end
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[1], 'failed', 0, 'state', 'running', 'cancelled', '0')
+redis.call('HDEL', KEYS[1], 'aborted')
 if ARGV[1] == '1' then redis.call('HSET', KEYS[1], 'open', '1') end
 return 'running'

@@ -38,7 +38,7 @@ CASES = {
     "cursor without cursor_path": (GOOD.replace('style = "page"\npages = 3', 'style = "cursor"'),
                                    "pagination.cursor_path: is required for style = 'cursor'"),
     "pages and total_pages_path": (GOOD.replace("pages = 3", 'pages = 3\ntotal_pages_path = "n"'),
-                                   "pagination.total_pages_path: give either"),
+                                   "pagination.total_pages_path: give one of"),
     "stop_on_empty without records_path": (
         GOOD.replace("pages = 3", "stop_on_empty = true"), "pagination.stop_on_empty"),
     "unknown style": (GOOD.replace('style = "page"', 'style = "scroll"'),
@@ -101,7 +101,7 @@ def test_no_broker_says_so_and_suggests_local(harvest, tmp_path):
 
 @pytest.mark.parametrize("url, reason", [
     ("http://127.0.0.1:9/items", "cannot connect"),
-    ("http://no-such-host.invalid/items", "cannot connect"),
+    ("http://no-such-host.invalid/items", "cannot resolve the host name"),
 ])
 def test_unreachable_api_fails_pages_with_the_reason(url, reason, workers, redis_server,
                                                      harvest, tmp_path):

@@ -65,7 +65,9 @@ def test_hostile_api_output_is_exact(api, workers, redis_server, harvest, tmp_pa
     assert all(f["attempts"] >= 4 and f["message"] for f in failed.values())
     good = [p for p in range(1, PAGES + 1) if p not in failed]
     assert_exactly_once(out, good)
-    assert harvest("verify", str(out)).returncode == 0
+    incomplete = harvest("verify", str(out))
+    assert incomplete.returncode == 1, "intact but incomplete: exit 1 naming the counts"
+    assert f"{len(failed)} failed, 0 pending" in incomplete.stderr
     served = api.stats()["by_page"]
     for pages in [*TRANSIENT.values(), *STATUS.values()]:
         for page in pages:

@@ -96,7 +96,9 @@ def test_disk_full_mid_job(api, workers, redis_server, harvest, tmp_path, small_
                           for f in failed)
     ok_pages = [p for p in range(1, 201) if p not in {f["page"] for f in failed}]
     assert_exactly_once(out, ok_pages, per_page=100)
-    assert harvest("verify", str(out)).returncode == 0
+    incomplete = harvest("verify", str(out))
+    assert incomplete.returncode == 1 and f"{len(failed)} failed, 0 pending" in incomplete.stderr
     job_id = process.stdout.read().split()[1]
     assert harvest("retry", job_id, redis_url=redis_server.url).returncode == 0
     assert_exactly_once(out, range(1, 201), per_page=100)
+    assert harvest("verify", str(out)).returncode == 0

@@ -39,8 +39,8 @@ def test_two_thousand_pages_local_exactly_once_and_verify(api, job_file, harvest
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])
     cut = harvest("verify", str(out))
-    assert cut.returncode == 1
-    assert shard.name in cut.stderr
+    assert cut.returncode == 4, "a damaged output is an error, not an incomplete one"
+    assert shard.name in cut.stderr and "damaged" in cut.stderr
 
 
 def test_failed_pages_then_retry_local(api, job_file, harvest, tmp_path):
@@ -60,7 +60,10 @@ def test_failed_pages_then_retry_local(api, job_file, harvest, tmp_path):
     assert all(f["status"] == 500 and f["attempts"] >= 3 and "page=7" in failed[0]["url"]
                for f in failed)
     assert manifest(out)["pages"]["failed"] == 2
-    assert harvest("verify", str(out)).returncode == 0
+    incomplete = harvest("verify", str(out))
+    assert incomplete.returncode == 1, "intact but incomplete exits 1"
+    assert "2 failed, 0 pending" in incomplete.stderr and f"harvest retry {job_id}" in \
+        incomplete.stderr
 
     api.clear_faults()
     api.reset_stats()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -39,7 +39,9 @@ class Request:
         return parse_qs(urlsplit(self.target).query, keep_blank_values=True)
 
 
-Handler = Callable[[Request], bytes]
+# A handler answers with the whole response, or with its pieces (streamed: a body
+# of gigabytes never sits in the test's memory).
+Handler = Callable[[Request], "bytes | Iterable[bytes]"]
 
 
 def respond(status: int, body: object = None, *, reason: str = "OK",
@@ -146,9 +148,22 @@ class HostileServer(_Listener):
                 handler = self.routes.get(request.path)
                 reply = handler(request) if handler else respond(404, {"error": "no route"},
                                                                  reason="Not Found")
-                conn.sendall(reply)
+                for piece in [reply] if isinstance(reply, bytes) else reply:
+                    conn.sendall(piece)
             except OSError:
                 pass
+
+
+def streamed(status: int, head: bytes, repeat: bytes, times: int, tail: bytes, *,
+             headers: dict[str, str] | None = None) -> Iterable[bytes]:
+    """A response whose body is ``head + repeat * times + tail``, sent piece by piece
+    with no Content-Length (the end of the body is the end of the connection)."""
+    lines = [f"HTTP/1.1 {status} OK", "Content-Type: application/json", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    yield ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + head
+    for _ in range(times):
+        yield repeat
+    yield tail
 
 
 class Trap(_Listener):

@@ -136,3 +136,59 @@ def test_error_message_is_one_line():
     with pytest.raises(InvalidJSON) as info:
         inspect([b"<html>\n<body>oops</body>\n</html>"])
     assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------- TokenGuard
+
+def _guard_feeds(body: bytes, size: int, limit: int) -> None:
+    from harvester.body import TokenGuard
+
+    guard = TokenGuard(limit)
+    for i in range(0, len(body), size):
+        guard.feed(body[i:i + size])
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 99])
+@pytest.mark.parametrize("body", [
+    b'{"' + b"k" * 101 + b'": 1}',
+    b'["' + b"s" * 101 + b'"]',
+    b'["' + b'\\"' * 51 + b'"]',
+    b'["' + b"\\\\" * 51 + b'"]',
+    b'[' + b"1" * 101 + b']',
+    b'[-1.' + b"5" * 99 + b'e10]',
+], ids=["key", "string", "escaped-quotes", "escaped-backslashes", "integer", "decimal"])
+def test_a_token_over_the_limit_fails_at_any_chunking(body, size):
+    """A key, string or number over the limit fails the page (PageTooLarge, not retried)
+    wherever the chunks split it, escaped quotes and backslashes included: an attacker's
+    string of ``\\"`` cannot hide its length behind quote characters. (A token inside
+    one chunk is bounded by the chunk: chunks are 1 MiB, the limit 8 MiB.)"""
+    from harvester.errors import PageTooLarge
+
+    with pytest.raises(PageTooLarge, match="over"):
+        _guard_feeds(body, size, limit=100)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 1000])
+def test_many_tokens_under_the_limit_pass_at_any_chunking(size):
+    """A long document of many strings, escapes, keys and numbers each under the limit passes,
+    however it is chunked: only one token's own length counts, never the document's."""
+    record = b'{"name": "a\\\\\\"b\\\\", "n": 12345678, "s": "' + b"x" * 90 + b'"},'
+    body = b"[" + record * 200 + b"1" * 99 + b"]"
+    _guard_feeds(body, size, limit=100)
+
+
+def test_the_inspector_bounds_a_huge_key_in_constant_memory():
+    """BodyInspector fails a body whose key runs past MAX_TOKEN_BYTES before yajl has
+    buffered more than that (fed 1 MiB at a time)."""
+    from harvester.body import MAX_TOKEN_BYTES
+    from harvester.errors import PageTooLarge
+
+    inspector = BodyInspector()
+    inspector.feed(b'{"')
+    chunk = b"k" * (1 << 20)
+    fed = 0
+    with pytest.raises(PageTooLarge):
+        while fed <= 2 * MAX_TOKEN_BYTES:
+            inspector.feed(chunk)
+            fed += len(chunk)
+    assert fed <= MAX_TOKEN_BYTES + len(chunk)

@@ -197,7 +197,7 @@ REJECTIONS = [
     pytest.param(lambda d: d["output"].pop("dir"), "output.dir", id="missing-dir"),
     # unknown keys and sections
     pytest.param(lambda d: d["job"].update(nmae="x"), "job.nmae", id="unknown-job-key"),
-    pytest.param(lambda d: d["pagination"].update(page_size=5), "pagination.page_size",
+    pytest.param(lambda d: d["pagination"].update(pagesize=5), "pagination.pagesize",
                  id="unknown-pagination-key"),
     pytest.param(lambda d: d.update(http={"timeout": 5}), "http.timeout", id="unknown-http-key"),
     pytest.param(lambda d: d.update(output={"dir": "o", "format": "csv"}), "output.format",

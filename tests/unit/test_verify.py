@@ -119,13 +119,16 @@ def test_good_dir_passes(tmp_path):
     assert isinstance(report, Report) and report.problems == []
     assert (report.shards, report.pages, report.lines) == (2, 5, 5)
     assert report.raw_bytes == built.manifest["raw_bytes"]
+    assert report.complete
 
 
 def test_good_dir_with_failures_passes(tmp_path):
-    """A failed job whose _failed.jsonl matches and has no _SUCCESS is consistent."""
+    """A failed job whose _failed.jsonl matches and has no _SUCCESS is intact, and the
+    report says it is incomplete (the CLI exits 1 for it)."""
     built = build(tmp_path / "out", [[page_line(1), page_line(3)]],
                   failed=[{"page": 2, "url": "u", "attempts": 3, "error": "503"}])
-    assert verify(built.out).pages == 2
+    report = verify(built.out)
+    assert report.pages == 2 and report.failed == 1 and not report.complete
 
 
 def test_good_records_dir_passes(tmp_path):
@@ -139,9 +142,13 @@ def test_good_records_dir_passes(tmp_path):
 
 
 def test_no_manifest(tmp_path):
-    """A dir without _manifest.json fails, naming the missing manifest."""
+    """A dir without _manifest.json is not a harvest output: OutputDirError naming it."""
+    from harvester.errors import OutputDirError
+
     (tmp_path / "empty").mkdir()
-    assert any(MANIFEST in p for p in problems(tmp_path / "empty"))
+    with pytest.raises(OutputDirError) as info:
+        verify(tmp_path / "empty")
+    assert MANIFEST in str(info.value)
 
 
 def test_truncated_shard(tmp_path):

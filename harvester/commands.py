@@ -1,0 +1,227 @@
+"""What each ``harvest`` command does; :mod:`harvester.cli` parses and maps errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from . import coordinator
+from .job import load_job
+from .local import LocalCluster
+from .outdir import check_output_dir
+from .settings import Settings, ledger_for
+from .watch import EXIT_FAILED_PAGES, EXIT_OK, exit_code, watch
+
+EXIT_USAGE, EXIT_ERROR = 2, 4
+# How long `harvest cancel` waits for a worker to start sealing before it seals itself.
+CANCEL_FINALIZE_WAIT = 10.0
+
+
+class Context:
+    """What a command needs: settings, the ledger and a dispatcher, local or not."""
+
+    def __init__(self, settings: Settings, cluster: LocalCluster | None):
+        from workers.app import make_app  # the Celery app, bound to this broker
+
+        from .dispatch import CeleryDispatcher
+
+        self.settings = settings
+        self.cluster = cluster
+        self.ledger = ledger_for(settings)
+        self.ledger.ping()
+        self.app = make_app(settings)
+        self.dispatcher = CeleryDispatcher(self.app)
+
+    def local_failure(self) -> str | None:
+        if self.cluster and self.cluster.workers:
+            return self.cluster.workers.failure
+        return None
+
+
+@contextmanager
+def context(local: bool, workers: int = 2, threads: int = 8) -> Iterator[Context]:
+    settings = Settings.from_env()
+    cluster = None
+    if local:
+        cluster = LocalCluster(settings.home, workers=workers, threads=threads)
+        try:
+            url = cluster.start_redis()
+        except BaseException:
+            cluster.stop()
+            raise
+        os.environ["HARVEST_REDIS_URL"] = url  # inherited by the worker processes
+        _err(f"local cluster: redis {url} (data in {cluster.redis.data_dir})")
+        settings = Settings.from_env()
+    try:
+        yield Context(settings, cluster)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+def _out(line: str) -> None:
+    print(line, flush=True)
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _settle_orphans(ctx: Context, keep: str | None = None) -> None:
+    """Cancel ``--local`` jobs whose command died (this one holds the local lock, so
+    any other running local job has no command left): their pages must not take this
+    run's workers, and they wait for 'harvest retry JOB_ID --local'."""
+    for job_id in ctx.ledger.local_jobs_running():
+        if job_id == keep:
+            continue
+        coordinator.cancel(job_id, ctx.ledger, ctx.dispatcher)
+        _err(f"job {job_id} of an earlier --local run that was killed is stopped;"
+             f" its committed pages are sealed. 'harvest retry {job_id} --local' runs the rest.")
+
+
+# ------------------------------------------------------------------ commands
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.detach and args.local:
+        _err("harvest run: --detach cannot be used with --local (the local cluster stops"
+             " when the command ends)")
+        return EXIT_USAGE
+    spec = load_job(args.job)
+    check_output_dir(spec.output.dir, args.job)  # exits 2 before any broker is needed
+    with context(args.local, args.workers, args.threads) as ctx:
+        if args.local:
+            _settle_orphans(ctx)
+        job_id = coordinator.submit(spec, ctx.ledger, ctx.dispatcher, ctx.settings,
+                                    local=args.local, job_path=args.job)
+        _out(f"job {job_id}")
+        if args.detach:
+            _err(f"submitted; follow it with: harvest status {job_id}")
+            return EXIT_OK
+        if ctx.cluster is not None:
+            ctx.cluster.start_workers(job_id)
+        return watch(ctx, job_id, local=args.local)
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    fixed = load_job(args.job) if args.job else None  # exits 2 before any broker is needed
+    with context(args.local, args.workers, args.threads) as ctx:
+        if args.local:
+            _settle_orphans(ctx, keep=args.job_id)
+        queued = coordinator.retry(args.job_id, ctx.ledger, ctx.dispatcher, fixed=fixed,
+                                   job_path=args.job or "<job>")
+        _out(f"job {args.job_id}")
+        _err(f"retrying: {queued} page(s) queued"
+             + (f", with the job as amended by {args.job}" if fixed else ""))
+        if args.detach and not args.local:
+            return EXIT_OK
+        if ctx.cluster is not None:
+            ctx.cluster.start_workers(f"{args.job_id}-retry-{int(time.time())}")
+        return watch(ctx, args.job_id, local=args.local)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with context(args.local, 0) as ctx:
+        state = ctx.ledger.state(args.job_id)
+        out_dir = ctx.ledger.field(args.job_id, "out_dir")
+        if args.json:
+            _out(json.dumps({"job_id": state.job_id, "state": state.state, "total": state.total,
+                             "total_known": not state.open, "committed": state.committed,
+                             "failed": state.failed, "pending": state.pending,
+                             "in_flight": state.in_flight, "raw_bytes": state.raw_bytes,
+                             "compressed_bytes": state.gz_bytes, "output_dir": out_dir,
+                             "error": state.aborted, "capped": state.capped}))
+        else:
+            from .progress import describe
+            _out(describe(state, 0, 0))
+            _out(f"output: {out_dir}")
+        return exit_code(state)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with context(args.local, 0) as ctx:
+        result = coordinator.cancel(args.job_id, ctx.ledger, ctx.dispatcher)
+        if result != "cancelled":
+            _err(f"job {args.job_id} is {result}; nothing to cancel")
+            return EXIT_ERROR
+        if args.local or not _sealed_by_a_worker(ctx, args.job_id):
+            # No worker serves this job (or none will, with --local): seal it here.
+            from .finalizer import finalize
+            finalize(ctx.ledger, args.job_id, part_bytes=ctx.settings.part_bytes,
+                     worker=f"cli-{os.getpid()}")
+        _out(f"job {args.job_id} cancelled; committed pages are sealed."
+             f" 'harvest retry {args.job_id}{' --local' if args.local else ''}' runs the rest.")
+        return EXIT_OK
+
+
+def _sealed_by_a_worker(ctx: Context, job_id: str) -> bool:
+    deadline = time.monotonic() + CANCEL_FINALIZE_WAIT
+    while time.monotonic() < deadline:
+        if ctx.ledger.state(job_id).final:
+            return True
+        time.sleep(0.2)
+    return ctx.ledger.finalizer_claimed(job_id)
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    with context(args.local, 0) as ctx:
+        state = ctx.ledger.state(args.job_id)
+        if not state.final:
+            _err(f"job {args.job_id} is {state.state}; cancel it first"
+                 f" ('harvest cancel {args.job_id}')")
+            return EXIT_ERROR
+        ctx.ledger.forget(args.job_id)
+        _out(f"job {args.job_id} forgotten: its ledger is gone from Redis; its output"
+             " directory is untouched")
+        return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .errors import VerifyError
+    from .verify import summary, verify
+
+    try:
+        report = verify(args.dir)
+    except VerifyError as exc:
+        _err(f"verify: {exc.directory} is damaged:")
+        for problem in exc.problems:
+            _err(f"  - {problem}")
+        _err("Its parts do not match the manifest: run the job again into a new output dir"
+             " (or 'harvest finalize JOB_ID' if the job's ledger still exists).")
+        return EXIT_ERROR
+    _out(f"{'ok' if report.complete else 'incomplete'} {summary(report)}")
+    if report.capped:
+        _err(f"note: {report.capped}")
+    if report.complete:
+        return EXIT_OK
+    why = f"{report.failed} failed, {report.pending} pending" + (
+        f", the job was {report.state}" if report.state not in ("done", "failed") else "")
+    _err(f"verify: {args.dir} is intact but incomplete ({why})"
+         + (f": {report.error}" if report.error else "")
+         + f". 'harvest retry {report.job_id}' runs the missing pages.")
+    return EXIT_FAILED_PAGES
+
+
+def cmd_finalize(args: argparse.Namespace) -> int:
+    from .finalizer import finalize
+
+    with context(args.local, 0) as ctx:
+        _out(finalize(ctx.ledger, args.job_id, part_bytes=ctx.settings.part_bytes,
+                      worker=f"cli-{os.getpid()}"))
+        return EXIT_OK
+
+
+def worker_argv(celery_args: list[str]) -> list[str]:
+    defaults = ["-P", "threads", "-c", "8", "-Q", "harvest", "-E", "--without-gossip",
+                "--without-mingle", "--loglevel", "INFO"]
+    return [sys.executable, "-m", "celery", "-A", "workers.app:app", "worker", *defaults,
+            *celery_args]
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    os.execv(sys.executable, worker_argv(args.celery_args))
+    return EXIT_ERROR  # not reached
