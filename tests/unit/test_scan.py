@@ -146,6 +146,8 @@ def test_runs_of_records_go_out_in_one_call_as_lines():
         expected = b"".join(r.replace(b"\r", b" ").replace(b"\n", b" ") + b"\n" for r in records)
         sizes = [rng.randrange(1, 30) for _ in range(len(body))]
         assert _lines_of(body, sizes) == (expected, len(records))
+        # In one chunk, whole runs of containers and strings go out in one call.
+        assert _lines_of(body, [len(body)]) == (expected, len(records))
 
 
 def test_a_million_tiny_records_cost_few_calls():
