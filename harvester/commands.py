@@ -35,7 +35,7 @@ class Context:
         self.ledger = ledger_for(settings)
         self.ledger.ping()
         self.app = make_app(settings)
-        self.dispatcher = CeleryDispatcher(self.app)
+        self.dispatcher = CeleryDispatcher(self.app, run_pages=settings.run_pages)
 
     def local_failure(self) -> str | None:
         if self.cluster and self.cluster.workers:

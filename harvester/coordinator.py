@@ -46,8 +46,7 @@ def submit(spec: JobSpec, ledger: Ledger, dispatcher: Dispatcher, settings: Sett
     open_ended = total is None
     pages = ledger.create_job(job_id, spec, total=total or 1, open_ended=open_ended,
                               window=settings.window, local=local)
-    for page in pages:
-        dispatcher.send_page(job_id, page)
+    dispatcher.send_pages(job_id, pages)
     log.info("job.submitted", job_id=job_id, total=total, first_pages=len(pages))
     return job_id
 
@@ -74,8 +73,7 @@ def retry(job_id: str, ledger: Ledger, dispatcher: Dispatcher, *,
     if result != "running":
         raise HarvesterError(f"job {job_id} could not be reopened (state {result})")
     pages = ledger.fill(job_id)
-    for page in pages:
-        dispatcher.send_page(job_id, page)
+    dispatcher.send_pages(job_id, pages)
     if not pages:
         # Nothing left to fetch (e.g. every page was committed before a cancel):
         # let the finalizer seal what is there.

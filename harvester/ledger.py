@@ -292,18 +292,32 @@ class Ledger:
 
     def start_page(self, job_id: str, page: int, worker: str = "?") -> "Start":
         """Lease ``page`` to ``worker``, with its link if it is a chained page."""
+        return self.start_pages(job_id, [page], worker)[page]
+
+    def start_pages(self, job_id: str, pages: list[int], worker: str = "?") -> dict[int, Start]:
+        """Lease a run of pages to ``worker`` in one script call: each page's Start."""
         result = self.run_script(
             "start", [self.key(job_id, n) for n in ("job", "lease", "tries", "links", "owner",
                                                     "failed")],
-            [self.prefix(job_id), page, now_ms() + self.lease_ms, worker, now_ms()])
+            [self.prefix(job_id), now_ms() + self.lease_ms, worker, now_ms(), *pages])
         if result[0] != "run":
-            return Start(run=False, reason=result[1])
-        paused_until = int(result[3]) if result[3] else 0
-        return Start(run=True, tries=int(result[1]),
-                     link=json.loads(result[2]) if result[2] else None,
-                     paused=paused_until > now_ms(),
-                     total=int(result[4]) if result[5] == "0" else None,
-                     spec_rev=int(result[6] or 0))
+            return {page: Start(run=False, reason=result[1]) for page in pages}
+        paused = (int(result[1]) if result[1] else 0) > now_ms()
+        total = int(result[2]) if result[3] == "0" else None
+        spec_rev = int(result[4] or 0)
+        starts: dict[int, Start] = {}
+        i = 5
+        while i < len(result):
+            page = int(result[i])
+            if result[i + 1] == "run":
+                starts[page] = Start(run=True, tries=int(result[i + 2]),
+                                     link=json.loads(result[i + 3]) if result[i + 3] else None,
+                                     paused=paused, total=total, spec_rev=spec_rev)
+                i += 4
+            else:
+                starts[page] = Start(run=False, reason=result[i + 2])
+                i += 3
+        return starts
 
     def register_segment(self, job_id: str, relative_path: str) -> int:
         seg_id = self._call(self.redis.hincrby, self.key(job_id, "job"), "next_segment", 1)
@@ -349,9 +363,13 @@ class Ledger:
             return
         until = now_ms() + self.lease_ms
 
+        by_job: dict[str, dict[str, int]] = {}
+        for job_id, page in leases:
+            by_job.setdefault(job_id, {})[str(page)] = until
+
         def build(pipe: Any) -> None:
-            for job_id, page in leases:
-                pipe.zadd(self.key(job_id, "lease"), {str(page): until}, xx=True)
+            for job_id, pages in by_job.items():
+                pipe.zadd(self.key(job_id, "lease"), pages, xx=True)
 
         self._pipeline(build, transaction=False)
 

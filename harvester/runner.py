@@ -26,6 +26,7 @@ from .job import JobSpec
 from .ledger import Ledger
 from .limits import RequestLimiter
 from .pagination import Link
+from .runs import PageCost
 from .secrets import scrub
 from .settings import Settings
 
@@ -40,7 +41,19 @@ class Dispatcher(Protocol):
 
     def send_page(self, job_id: str, page: int, *, urgent: bool = False) -> None: ...
 
+    def send_pages(self, job_id: str, pages: list[int], *,
+                   run_pages: int | None = None) -> None: ...
+
     def send_finalize(self, job_id: str) -> None: ...
+
+
+class _FailedForGood(Exception):
+    """Inside a run: a page is recorded failed for good; the run goes on."""
+
+    def __init__(self, failure: PageFailed, outcome: str, claimed: list[int]):
+        self.failure = failure
+        self.outcome = outcome
+        self.claimed = claimed
 
 
 class InFlight:
@@ -84,42 +97,84 @@ class PageRunner:
         self.fetcher = PageFetcher(ledger, settings, self.limiter, worker_name=self.worker_name,
                                    stopping=self.stopping)
         self._specs: dict[str, tuple[int, JobSpec]] = {}  # job -> (spec_rev, spec)
+        self._costs: dict[str, PageCost] = {}  # job -> recent cost per page
 
     # ------------------------------------------------------------------ entry
 
-    def run(self, job_id: str, page: int) -> str:
-        """Harvest ``page`` of ``job_id`` once; returns the outcome's name, or raises
-        :class:`PageFailed` once the page is recorded failed for good."""
+    def run(self, job_id: str, pages: list[int]) -> str:
+        """Harvest a run of pages of ``job_id``, one after the other, each once; returns
+        the last outcome's name, or raises :class:`PageFailed` (naming every page of
+        the run that failed) once the rest of the run is committed."""
         try:
             spec = self._spec(job_id)
         except JobNotFound:
             log.warning("page.skipped", reason="job not found")
             return "missing"
-        start = self.ledger.start_page(job_id, page, self.worker_name)
-        if not start.run:
-            log.info("page.skipped", reason=start.reason)
-            return start.reason
-        if start.spec_rev != self._specs[job_id][0]:
+        starts = self.ledger.start_pages(job_id, pages, self.worker_name)
+        runnable = [page for page in pages if starts[page].run]
+        for page in pages:
+            if not starts[page].run:
+                log.info("page.skipped", page=page, reason=starts[page].reason)
+        if not runnable:
+            return starts[pages[-1]].reason
+        rev = max(starts[page].spec_rev for page in runnable)
+        if rev != self._specs[job_id][0]:
             # 'harvest retry --job' amended the job since this worker read it.
-            spec = self._spec(job_id, start.spec_rev)
-        self.in_flight.add(job_id, page)
+            spec = self._spec(job_id, rev)
+        for page in runnable:
+            self.in_flight.add(job_id, page)
+        cost = self._costs.setdefault(job_id, PageCost())
+        claims: list[int] = []
+        failures: list[PageFailed] = []
+        outcome = "skipped"
+        done = 0  # pages of the run this task is through with
+        # Retries and pauses happen inside the task, which must end well within
+        # kombu's visibility timeout, or the broker would deliver the run again.
+        give_back_at = time.monotonic() + self.settings.visibility_timeout / 2
         try:
-            outcome, claimed = self._harvest(job_id, spec, page, Link.from_dict(start.link),
-                                             task_try=start.tries, paused=start.paused,
-                                             total=start.total)
-        except Abandoned:
-            self.ledger.release_page(job_id, page, self.worker_name)
-            raise
+            for index, page in enumerate(runnable):
+                structlog.contextvars.bind_contextvars(page=page)
+                start = starts[page]
+                began = time.monotonic()
+                try:
+                    if self.stopping.is_set():
+                        raise Abandoned(job_id, page)
+                    outcome, claimed, raw_bytes = self._harvest(
+                        job_id, spec, page, Link.from_dict(start.link), task_try=start.tries,
+                        paused=start.paused, total=start.total, give_back_at=give_back_at)
+                    cost.add(time.monotonic() - began, raw_bytes)
+                except _FailedForGood as failed:
+                    failures.append(failed.failure)
+                    outcome, claimed = failed.outcome, failed.claimed
+                except Abandoned:
+                    for left in runnable[index:]:
+                        self.ledger.release_page(job_id, left, self.worker_name)
+                    raise
+                finally:
+                    self.in_flight.remove(job_id, page)
+                    done = index + 1
+                claims += claimed
+                if len(claims) >= cost.run_pages(self.settings.run_pages):
+                    self.dispatcher.send_pages(job_id, claims,
+                                               run_pages=cost.run_pages(self.settings.run_pages))
+                    claims = []
+                if outcome == "last":
+                    self.dispatcher.send_finalize(job_id)
+                if outcome not in ("committed", "failed", "duplicate"):
+                    # The job ended, closed or aborted: the rest of the run is moot (a
+                    # page still needed keeps a lease no one renews: the reaper sends it).
+                    break
         finally:
-            self.in_flight.remove(job_id, page)
-        self._send_next(job_id, outcome, claimed)
+            for left in runnable[done:]:
+                self.in_flight.remove(job_id, left)
+            # Pages claimed so far are leased to the queue: send them whatever happens,
+            # or they would wait for the reaper.
+            if claims:
+                self.dispatcher.send_pages(job_id, claims,
+                                           run_pages=cost.run_pages(self.settings.run_pages))
+        if failures:
+            raise _run_failure(failures) from None
         return outcome
-
-    def _send_next(self, job_id: str, outcome: str, claimed: list[int]) -> None:
-        for following in claimed:
-            self.dispatcher.send_page(job_id, following)
-        if outcome == "last":
-            self.dispatcher.send_finalize(job_id)
 
     def close(self) -> None:
         self.fetcher.close()
@@ -127,14 +182,13 @@ class PageRunner:
     # ------------------------------------------------------------- page loop
 
     def _harvest(self, job_id: str, spec: JobSpec, page: int, link: Link | None,
-                 task_try: int, paused: bool = False,
-                 total: int | None = None) -> tuple[str, list[int]]:
+                 task_try: int, *, paused: bool, total: int | None,
+                 give_back_at: float) -> tuple[str, list[int], int]:
+        """One page to its end: (outcome, pages claimed, raw bytes); a page failed for
+        good raises _FailedForGood."""
         http = spec.http
         sent = 0
         attempt = 0
-        # Retries and pauses happen inside the task; it must end well within kombu's
-        # visibility timeout, or the broker would deliver the page a second time.
-        give_back_at = time.monotonic() + self.settings.visibility_timeout / 2
         while True:
             attempt += 1
             structlog.contextvars.bind_contextvars(attempt=attempt, task_try=task_try)
@@ -150,25 +204,26 @@ class PageRunner:
             except HTTPStatusError as exc:
                 sent += exc.attempts or 1
                 if exc.status in spec.pagination.stop_on_status:
-                    return self._end_at(job_id, page, exc.status)
+                    return (*self._end_at(job_id, page, exc.status), 0)
                 if exc.status in http.retry_statuses and attempt <= http.retries:
                     self._wait_to_retry(job_id, page, spec, exc, attempt, give_back_at)
                     continue
-                return self._fail(job_id, spec, page, link, exc, sent)
+                return (*self._fail(job_id, spec, page, link, exc, sent), 0)
             except (PageError, StorageError) as exc:
                 sent += getattr(exc, "attempts", 0) or 1
                 if getattr(exc, "retryable", True) and attempt <= http.retries:
                     self._wait_to_retry(job_id, page, spec, exc, attempt, give_back_at)
                     continue
-                return self._fail(job_id, spec, page, link, exc, sent)
+                return (*self._fail(job_id, spec, page, link, exc, sent), 0)
             except Exception as exc:  # noqa: BLE001 - any surprise fails the page, never hangs the job
                 log.exception("page.unexpected_error")
-                return self._fail(job_id, spec, page, link, InternalError(
+                return (*self._fail(job_id, spec, page, link, InternalError(
                     f"unexpected {type(exc).__name__} inside the page: {_exception_text(exc)}"
                     " (a bug in the harvester: please report it with the worker log)",
-                    error_class=type(exc).__name__), sent + 1)
+                    error_class=type(exc).__name__), sent + 1), 0)
             sent += fetched.requests_sent
-            return self._commit(job_id, spec, page, link, fetched, sent)
+            return (*self._commit(job_id, spec, page, link, fetched, sent),
+                    fetched.commit.raw_bytes)
 
     def _commit(self, job_id: str, spec: JobSpec, page: int, link: Link | None,
                 fetched: Fetched, sent: int) -> tuple[str, list[int]]:
@@ -254,10 +309,10 @@ class PageRunner:
                                             close=self._closes_on_failure(spec, page))
         if outcome not in ("failed", "last"):
             return outcome, claimed  # committed by another worker, or the job was closed
-        # Recorded failed for good: hand the queue its next pages, then end the task in
-        # FAILURE for Celery events and Flower (the ledger stays the truth).
-        self._send_next(job_id, outcome, claimed)
-        raise PageFailed(job_id, page, error_class, record["message"]) from None
+        # Recorded failed for good: the run goes on, and its task ends in FAILURE for
+        # Celery events and Flower (the ledger stays the truth).
+        raise _FailedForGood(PageFailed(job_id, page, error_class, record["message"]),
+                             outcome, claimed)
 
     @staticmethod
     def _closes_on_failure(spec: JobSpec, page: int) -> bool:
@@ -272,6 +327,16 @@ class PageRunner:
             self._specs[job_id] = (rev if rev is not None else -1, spec)
             return spec
         return cached[1]
+
+
+def _run_failure(failures: list[PageFailed]) -> PageFailed:
+    """What a run's task raises: its first failed page, naming any others."""
+    first = failures[0]
+    if len(failures) == 1:
+        return first
+    others = ", ".join(str(f.page) for f in failures[1:])
+    return PageFailed(first.job_id, first.page, first.error_class,
+                      f"{first.message} (pages {others} of this run failed too)")
 
 
 def _clip(text: str, limit: int = 300) -> str:

@@ -46,15 +46,20 @@ class Settings:
     log_format: str
     # How long a final job's ledger stays in Redis (0 = for ever); then it expires.
     keep_seconds: float = 30 * 86400
+    # Most pages one task message carries (see harvester.runs); 1 = a message a page.
+    run_pages: int = 8
 
     @classmethod
     def from_env(cls) -> "Settings":
         home = Path(os.environ.get("HARVEST_HOME") or
                     Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
                     / "harvester")
+        from .runs import default_run_pages
+
+        window = _int("HARVEST_WINDOW", 256)
         return cls(
             redis_url=os.environ.get("HARVEST_REDIS_URL") or DEFAULT_REDIS_URL,
-            window=_int("HARVEST_WINDOW", 256),
+            window=window,
             lease_seconds=_float("HARVEST_LEASE_SECONDS", 15.0),
             queued_seconds=_float("HARVEST_QUEUED_SECONDS", 900.0),
             redis_wait_seconds=_float("HARVEST_REDIS_WAIT", 120.0),
@@ -64,6 +69,7 @@ class Settings:
             home=home,
             log_format=os.environ.get("HARVEST_LOG_FORMAT", "console"),
             keep_seconds=_float("HARVEST_KEEP_DAYS", 30.0) * 86400,
+            run_pages=_int("HARVEST_RUN_PAGES", default_run_pages(window)),
         )
 
 

@@ -9,7 +9,7 @@ import structlog
 from celery.exceptions import Reject
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
-from harvester.dispatch import FINALIZE_TASK, PAGE_TASK, CeleryDispatcher
+from harvester.dispatch import FINALIZE_TASK, PAGE_TASK, RUN_TASK, CeleryDispatcher
 from harvester.errors import Abandoned, HarvesterError, PageFailed
 from harvester.finalizer import finalize
 from harvester.heartbeat import Heartbeat
@@ -27,7 +27,7 @@ def _runner() -> PageRunner:
     with _lock:
         settings = Settings.from_env()
         ledger = ledger_for(settings)
-        dispatcher = CeleryDispatcher(app)
+        dispatcher = CeleryDispatcher(app, run_pages=settings.run_pages)
         runner = PageRunner(ledger, dispatcher, settings)
         Heartbeat(ledger, dispatcher, runner.in_flight, lease_seconds=settings.lease_seconds,
                   renew_slots=runner.limiter.renew).start()
@@ -47,8 +47,20 @@ def _bind(**context: object) -> None:
 @app.task(name=PAGE_TASK, bind=True, throws=(PageFailed,))
 def harvest_page(self, job_id: str, page: int) -> str:
     _bind(job_id=str(job_id), page=int(page), task_id=self.request.id)
+    return _run(str(job_id), [int(page)])
+
+
+# A run of pages (see harvester.runs): Flower shows the pages in its args; a page of
+# it that failed for good makes it FAILURE, naming every failed page of the run.
+@app.task(name=RUN_TASK, bind=True, throws=(PageFailed,))
+def harvest_pages(self, job_id: str, pages: list[int]) -> str:
+    _bind(job_id=str(job_id), task_id=self.request.id)
+    return _run(str(job_id), [int(page) for page in pages])
+
+
+def _run(job_id: str, pages: list[int]) -> str:
     try:
-        return _runner().run(str(job_id), int(page))
+        return _runner().run(job_id, pages)
     except Abandoned:
         # Back to the queue now, not after a lease or the visibility timeout.
         raise Reject("worker stopping", requeue=True) from None

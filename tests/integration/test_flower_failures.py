@@ -8,6 +8,7 @@ receiver on the same Redis (the feed Flower reads), and a real HTTP API.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ from support.demo import start_demo_api
 from support.events import TaskEvents, broker_backlog
 from support.hostile import HostileServer, Request, respond
 
-from harvester.dispatch import FINALIZE_TASK, PAGE_TASK
+from harvester.dispatch import FINALIZE_TASK, PAGE_TASK, RUN_TASK
 
 TOKEN = "tok-flower-Qm3x-never-shown"
 PAGES = 12
@@ -47,22 +48,31 @@ def _run_job(harvest, job_file, redis_server, url: str):
 
 
 def _page_tasks(events: TaskEvents) -> dict[int, list[str]]:
-    """page -> the uuids of every task that ran it."""
+    """page -> the uuids of every task that ran it (a page task, or a run of pages)."""
     pages: dict[int, list[str]] = {}
     for uuid, args in events.tasks(PAGE_TASK).items():
         pages.setdefault(args[1], []).append(uuid)
+    for uuid, args in events.tasks(RUN_TASK).items():
+        for page in args[1]:
+            pages.setdefault(page, []).append(uuid)
     return pages
+
+
+def _task_count(events: TaskEvents) -> int:
+    return len(events.tasks(PAGE_TASK)) + len(events.tasks(RUN_TASK))
 
 
 def test_a_page_failed_for_good_is_a_failure_task_with_its_reason(
         harvest, job_file, redis_server, workers, tmp_path):
     """Page 7 answers 404 (not retryable) and page 3 answers 500 once (retried inside its
-    task, then committed). Celery's events show page 7's task as task-failed with the
-    exception naming PageFailed, the page, the error class and the HTTP status, and a
-    one-exception traceback; every other page's task (page 3 included) and the finalizer
-    succeed; the token is in no event; no message is left queued or unacked in Redis
-    (the failed page's message was acked); the ledger and _failed.jsonl record page 7
-    failed; `harvest run` exits 1 as for any job with failed pages."""
+    task, then committed). The 12 pages travel in runs (task args name the pages each
+    covers), every page in exactly one task. Celery's events show the task holding page
+    7 as task-failed with the exception naming PageFailed, the page, the error class and
+    the HTTP status, and a one-exception traceback; every other task (page 3's included)
+    and the finalizer succeed; the token is in no event; no message is left queued or
+    unacked in Redis (the failed page's message was acked); the ledger and
+    _failed.jsonl record page 7 alone failed, the rest of its run committed;
+    `harvest run` exits 1 as for any job with failed pages."""
     workers.env["API_TOKEN"] = TOKEN
     harvest.env["API_TOKEN"] = TOKEN
     workers.start()
@@ -75,7 +85,8 @@ def test_a_page_failed_for_good_is_a_failure_task_with_its_reason(
         backlog = _wait_until_acked(redis_server.client())
         events.wait_for(lambda e: any(x.get("name") == FINALIZE_TASK
                                       for x in e.of_type("task-received"))
-                        and len(e.of_type("task-succeeded")) >= PAGES)
+                        and len(e.of_type("task-succeeded")) + len(e.of_type("task-failed"))
+                        >= _task_count(e) + 1)
 
     assert result.returncode == 1, result.stderr
     job_id = _job_id(result.stdout)
@@ -86,6 +97,7 @@ def test_a_page_failed_for_good_is_a_failure_task_with_its_reason(
     pages = _page_tasks(events)
     assert sorted(pages) == list(range(1, PAGES + 1))
     assert all(len(uuids) == 1 for uuids in pages.values()), pages
+    assert _task_count(events) < PAGES, "pages travelled in runs"
     failed = events.of_type("task-failed")
     assert [e["uuid"] for e in failed] == pages[7], "exactly page 7's task failed"
     exception, traceback = failed[0]["exception"], failed[0]["traceback"]
@@ -96,8 +108,8 @@ def test_a_page_failed_for_good_is_a_failure_task_with_its_reason(
         "the traceback shows PageFailed alone, not the exceptions it was raised from"
 
     succeeded = {e["uuid"] for e in events.of_type("task-succeeded")}
-    others = [uuid for page, uuids in pages.items() if page != 7 for uuid in uuids]
-    assert set(others) <= succeeded, "every other page's task (page 3 too) succeeded"
+    others = [uuid for page, uuids in pages.items() if uuids != pages[7] for uuid in uuids]
+    assert set(others) <= succeeded, "every other task (page 3's too) succeeded"
     assert pages[7][0] not in succeeded
     finalizers = events.tasks(FINALIZE_TASK)
     assert finalizers and set(finalizers) <= succeeded
@@ -223,13 +235,19 @@ class _Flower:
 
 
 def _failed_counter(metrics: str) -> float:
-    """Sum of Flower's Prometheus ``flower_events_total`` for harvester.page task-failed."""
+    """Sum of Flower's Prometheus ``flower_events_total`` task-failed of page tasks."""
     total = 0.0
     for line in metrics.splitlines():
         if line.startswith("flower_events_total{") and 'type="task-failed"' in line \
-                and f'task="{PAGE_TASK}"' in line:
+                and (f'task="{PAGE_TASK}"' in line or f'task="{RUN_TASK}"' in line):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def _pages_of(task: dict) -> list[int]:
+    """The pages a task Flower lists covers (its args as Flower shows them)."""
+    args = ast.literal_eval(task["args"])
+    return [args[1]] if isinstance(args[1], int) else list(args[1])
 
 
 def test_real_flower_lists_the_failed_page_as_failure_and_counts_it(
@@ -254,9 +272,10 @@ def test_real_flower_lists_the_failed_page_as_failure_and_counts_it(
 
         def settled():
             tasks = flower.get("/api/tasks").json()
-            pages = [t for t in tasks.values() if t["name"] == PAGE_TASK]
-            done = [t for t in pages if t["state"] in ("SUCCESS", "FAILURE")]
-            return tasks if len(done) == PAGES else None
+            ours = [t for t in tasks.values() if t["name"] in (PAGE_TASK, RUN_TASK)]
+            covered = sum(len(_pages_of(t)) for t in ours
+                          if t["state"] in ("SUCCESS", "FAILURE"))
+            return tasks if covered == PAGES else None
 
         tasks = flower.wait_until(settled, "every page task finished")
         def counted():
@@ -267,12 +286,13 @@ def test_real_flower_lists_the_failed_page_as_failure_and_counts_it(
     finally:
         flower.stop()
 
-    page_tasks = [t for t in tasks.values() if t["name"] == PAGE_TASK]
+    page_tasks = [t for t in tasks.values() if t["name"] in (PAGE_TASK, RUN_TASK)]
     failures = [t for t in page_tasks if t["state"] == "FAILURE"]
     assert len(failures) == 1, [(t["args"], t["state"]) for t in page_tasks]
-    assert ", 7]" in failures[0]["args"] or ", 7)" in failures[0]["args"], failures[0]["args"]
-    assert "PageFailed" in failures[0]["exception"]
+    assert 7 in _pages_of(failures[0]), failures[0]["args"]
+    assert "PageFailed" in failures[0]["exception"] and "page 7 failed" in \
+        failures[0]["exception"]
     assert "HTTPStatusError" in failures[0]["exception"], failures[0]["exception"]
-    assert sum(t["state"] == "SUCCESS" for t in page_tasks) == PAGES - 1
+    assert all(t["state"] == "SUCCESS" for t in page_tasks if t is not failures[0])
     assert _failed_counter(metrics) == 1.0
     assert TOKEN not in json.dumps(tasks) and TOKEN not in metrics

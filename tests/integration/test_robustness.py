@@ -107,8 +107,9 @@ def test_worker_trees_killed_three_times(job_file, harvest, tmp_path):
 
 def test_duplicate_page_tasks_leave_one_copy(api, job_file, harvest, redis_server, workers,
                                              tmp_path):
-    """Every page task sent twice while the job runs, and again after it is final: each
-    page is in the output exactly once."""
+    """Every page sent again while the job runs, as a page task and inside a run of 10
+    (a run delivered twice), and again both ways after it is final: each page is in the
+    output exactly once."""
     from workers.app import make_app
     from harvester.dispatch import CeleryDispatcher
     from harvester.settings import Settings
@@ -121,9 +122,11 @@ def test_duplicate_page_tasks_leave_one_copy(api, job_file, harvest, redis_serve
     job_id = submitted.stdout.split()[1]
     settings = Settings.from_env()
     dispatcher = CeleryDispatcher(make_app(settings.__class__(**{**settings.__dict__,
-                                                                 "redis_url": redis_server.url})))
+                                                                 "redis_url": redis_server.url})),
+                                  run_pages=10)
     for page in range(1, 301):
         dispatcher.send_page(job_id, page)
+    dispatcher.send_pages(job_id, list(range(1, 301)))
     client = redis_server.client()
     deadline = time.monotonic() + 120
     while client.hget(f"hv:{{{job_id}}}:job", "state") != "done" and time.monotonic() < deadline:
@@ -132,6 +135,7 @@ def test_duplicate_page_tasks_leave_one_copy(api, job_file, harvest, redis_serve
     before = {p.name: p.read_bytes() for p in out.glob("part-*")}
     for page in range(1, 301):
         dispatcher.send_page(job_id, page)
+    dispatcher.send_pages(job_id, list(range(1, 301)))
     dispatcher.send_finalize(job_id)
     time.sleep(3)
     assert sum(client.llen(q) for q in client.keys("harvest*")) == 0, "duplicates consumed"
@@ -185,3 +189,71 @@ def test_finalizer_killed_midway_gives_the_same_output(api, job_file, harvest, r
     assert again.returncode == 0, again.stderr
     assert manifest(out) == sealed and _part_hashes(out) == after
     assert not (out / ".segments").exists()
+
+
+def _committed(client: redis.Redis, job_id: str) -> set[int]:
+    pages: set[int] = set()
+    for bucket in client.smembers(f"hv:{{{job_id}}}:buckets"):
+        pages |= {int(p) for p in client.hkeys(f"hv:{{{job_id}}}:c:{bucket}")}
+    return pages
+
+
+def test_a_worker_killed_mid_run_loses_only_its_uncommitted_pages(job_file, harvest,
+                                                                   redis_server, workers,
+                                                                   tmp_path):
+    """Pages travel in runs of 8 (HARVEST_RUN_PAGES). One of two workers is SIGKILLed
+    while it holds runs: the pages committed before the kill are never requested again;
+    the pages of its runs it had not committed (leased to it at once when each run
+    began) come back with their leases and are committed within 30 s; the job ends with
+    every page exactly once."""
+    workers.env["HARVEST_RUN_PAGES"] = "8"
+    workers.threads = 2
+    workers.start()
+    with start_demo_api(latency_ms=150) as slow_api:
+        job = job_file(url=f"{slow_api.url}/items", params={"per_page": 5, "pages": 240},
+                       pagination='style = "page"\npages = 240')
+        submitted = harvest("run", str(job), "--detach", redis_url=redis_server.url)
+        assert submitted.returncode == 0, submitted.stderr
+        job_id = submitted.stdout.split()[1]
+        client = redis_server.client()
+        victim = workers.processes[0]
+        deadline = time.monotonic() + 60
+        held: list[int] = []
+        while time.monotonic() < deadline:
+            owners = client.hgetall(f"hv:{{{job_id}}}:owner")
+            names = set(owners.values())
+            # Worker names end in the pid of the process that runs the pages.
+            mine = [int(page) for page, owner in owners.items()
+                    if any(owner.endswith(f"-{pid}") for pid in _tree_pids(victim.pid))]
+            if len(mine) > 2 and len(_committed(client, job_id)) > 16 and len(names) > 1:
+                held = mine
+                break
+            time.sleep(0.05)
+        assert held, "the worker never held a run"
+        committed_before = _committed(client, job_id)
+        kill_tree(victim.pid)
+        killed_at = time.monotonic()
+        victim.wait()
+        lost = set(held) - committed_before
+        assert lost, "the killed worker held no uncommitted page"
+        while not lost <= _committed(client, job_id) and time.monotonic() - killed_at < 60:
+            time.sleep(0.2)
+        recovered = time.monotonic() - killed_at
+        while client.hget(f"hv:{{{job_id}}}:job", "state") != "done" and \
+                time.monotonic() - killed_at < 120:
+            time.sleep(0.2)
+        by_page = slow_api.stats()["by_page"]
+    assert client.hget(f"hv:{{{job_id}}}:job", "state") == "done"
+    assert recovered <= 30, f"the lost pages came back after {recovered:.1f} s"
+    refetched = sorted(p for p in committed_before if by_page.get(f"/items:{p}", 0) != 1)
+    assert not refetched, f"pages committed before the kill were requested again: {refetched}"
+    assert_exactly_once(tmp_path / "out", range(1, 241))
+
+
+def _tree_pids(pid: int) -> set[int]:
+    try:
+        root = psutil.Process(pid)
+        return {root.pid, *(child.pid for child in root.children(recursive=True))}
+    except psutil.Error:
+        return set()
+
