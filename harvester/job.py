@@ -84,7 +84,8 @@ class OutputSpec:
     dir: str
     mode: str = "pages"
     records_path: str | None = None
-    compress_level: int = 6
+    # 1 (ISA-L, ~7x the speed of 6 for ~25% more bytes) .. 9; see storage.compressor.
+    compress_level: int = 1
     body_format: str = "auto"  # auto (by Content-Type) | json | jsonl
 
 

@@ -19,6 +19,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from isal import isal_zlib
 from zlib_ng import zlib_ng
 
 from .errors import StorageError
@@ -38,13 +39,27 @@ class Member:
     raw_bytes: int
 
 
+# Levels 1 and 2 deflate with ISA-L (igzip): measured here on generated JSON
+# records, 776 MB/s at 14.6% of the input, where zlib-ng does 491 MB/s at 18.7%
+# (level 1) and 109 MB/s at 11.4% (level 6). ISA-L's level 3 is slower than
+# zlib-ng's, so 3 and above stay zlib-ng. Both write standard raw deflate.
+ISAL_LEVELS = {1: 1, 2: 2}
+
+
+def compressor(level: int):
+    """A raw-deflate compressor for ``compress_level`` (1 fastest .. 9 smallest)."""
+    if level in ISAL_LEVELS:
+        return isal_zlib.compressobj(ISAL_LEVELS[level], isal_zlib.DEFLATED, -15)
+    return zlib_ng.compressobj(level, zlib_ng.DEFLATED, -15)
+
+
 class PageMember:
     """One page being written as a gzip member at the end of a segment."""
 
     def __init__(self, segment: "SegmentWriter", level: int):
         self._segment = segment
         self.offset = segment.size
-        self._compressor = zlib_ng.compressobj(level, zlib_ng.DEFLATED, -15)
+        self._compressor = compressor(level)
         self._crc = 0
         self.raw_bytes = 0
         self._done = False

@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--latency-ms", type=float, default=0.0, help="delay before every non-admin response"
     )
     parser.add_argument("--faults", default="[]", help="initial fault rules as a JSON list")
+    parser.add_argument("--cache-mb", type=int, default=64,
+                        help="MB of encoded bodies kept (over 64, bodies up to 8 MiB are kept)")
     args = parser.parse_args(argv)
     try:
         args.faults = json.loads(args.faults)
@@ -57,7 +59,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    app = create_app(DemoConfig(token=args.token, latency_ms=args.latency_ms, faults=args.faults))
+    app = create_app(DemoConfig(token=args.token, latency_ms=args.latency_ms, faults=args.faults,
+                                cache_mb=args.cache_mb))
     config = uvicorn.Config(
         app,
         loop="uvloop",

@@ -91,6 +91,7 @@ def start_demo_api(
     latency_ms: float = 0,
     faults: list[dict] | None = None,
     host: str = "127.0.0.1",
+    cache_mb: int | None = None,
     port: int | None = None,
     startup_timeout: float = 20.0,
 ) -> DemoServer:
@@ -104,6 +105,8 @@ def start_demo_api(
         command += ["--latency-ms", str(latency_ms)]
     if faults:
         command += ["--faults", json.dumps(faults)]
+    if cache_mb:
+        command += ["--cache-mb", str(cache_mb)]
     env = {k: v for k, v in os.environ.items() if k != "DEMO_API_TOKEN"}
     if token is not None:
         env["DEMO_API_TOKEN"] = token

@@ -178,12 +178,12 @@ def test_many_tokens_under_the_limit_pass_at_any_chunking(size):
 
 
 def test_the_inspector_bounds_a_huge_key_in_constant_memory():
-    """BodyInspector fails a body whose key runs past MAX_TOKEN_BYTES before yajl has
-    buffered more than that (fed 1 MiB at a time)."""
+    """With ijson (no C validator), BodyInspector fails a body whose key runs past
+    MAX_TOKEN_BYTES before yajl has buffered more than that (fed 1 MiB at a time)."""
     from harvester.body import MAX_TOKEN_BYTES
     from harvester.errors import PageTooLarge
 
-    inspector = BodyInspector()
+    inspector = BodyInspector(native=False)
     inspector.feed(b'{"')
     chunk = b"k" * (1 << 20)
     fed = 0
@@ -192,3 +192,37 @@ def test_the_inspector_bounds_a_huge_key_in_constant_memory():
             inspector.feed(chunk)
             fed += len(chunk)
     assert fed <= MAX_TOKEN_BYTES + len(chunk)
+
+
+def test_the_c_validator_takes_a_huge_key_and_both_validators_agree():
+    """The C validator holds no token: a 64 MiB key passes, in constant memory (the
+    traced peak stays under 1 MiB). On bodies both accept or both refuse, the C
+    validator and ijson give the same verdict."""
+    import tracemalloc
+
+    from harvester.body import NATIVE
+
+    if not NATIVE:
+        pytest.skip("built without the C validator")
+    inspector = BodyInspector()
+    chunk = b"k" * (1 << 20)
+    tracemalloc.start()
+    inspector.feed(b'{"')
+    for _ in range(64):
+        inspector.feed(chunk)
+    inspector.feed(b'": 1}')
+    inspector.finish()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 1 << 20
+    for body in (b'{"a": [1, 2.5, "x"]}', b'[1, 2', b'{"a" 1}', b'"\xff"', b"[]  ", b"nul"):
+        verdicts = []
+        for native in (True, False):
+            checker = BodyInspector(native=native)
+            try:
+                checker.feed(body)
+                checker.finish()
+                verdicts.append(True)
+            except InvalidJSON:
+                verdicts.append(False)
+        assert verdicts[0] == verdicts[1], body
