@@ -34,6 +34,10 @@ log = structlog.get_logger("harvester.page")
 
 
 MAX_RETRY_AFTER = 900.0
+# How far one chain task follows its chain itself (see PageRunner.run); then the
+# next page goes through the broker, so a task never holds its message for long.
+CHAIN_HOPS = 100
+CHAIN_SECONDS = 60.0
 
 
 class Dispatcher(Protocol):
@@ -103,20 +107,48 @@ class PageRunner:
 
     def run(self, job_id: str, pages: list[int]) -> str:
         """Harvest a run of pages of ``job_id``, one after the other, each once; returns
-        the last outcome's name, or raises :class:`PageFailed` (naming every page of
-        the run that failed) once the rest of the run is committed."""
+        what it did, or raises :class:`PageFailed` (naming every page of the run that
+        failed) once the rest of the run is committed.
+
+        A chain page's task goes on with the page it names, up to ``CHAIN_HOPS`` pages
+        or ``CHAIN_SECONDS``: the ledger still leases and records each page, but the
+        successor skips the trip through the broker (~8 ms a page, a third of a chain's
+        time at 20 ms API latency). Then the successor is sent as usual.
+        """
+        began = time.monotonic()
+        first = pages[0]
+        hops = 0
+        while True:
+            go_on = hops < CHAIN_HOPS and time.monotonic() - began < CHAIN_SECONDS
+            try:
+                outcome, successor = self._run_pages(job_id, pages, keep_successor=go_on)
+            except Abandoned:
+                if hops:
+                    # Its message names the chain's first page, long committed: the
+                    # page it was on must travel on its own.
+                    self.dispatcher.send_page(job_id, pages[0])
+                raise
+            if successor is None:
+                return outcome if not hops else f"{outcome}: pages {first}..{pages[-1]}"
+            pages = [successor]
+            hops += 1
+
+    def _run_pages(self, job_id: str, pages: list[int], *,
+                   keep_successor: bool = False) -> tuple[str, int | None]:
+        """One run; with ``keep_successor``, a chain page's successor is returned to be
+        run next by the caller instead of being sent."""
         try:
             spec = self._spec(job_id)
         except JobNotFound:
             log.warning("page.skipped", reason="job not found")
-            return "missing"
+            return "missing", None
         starts = self.ledger.start_pages(job_id, pages, self.worker_name)
         runnable = [page for page in pages if starts[page].run]
         for page in pages:
             if not starts[page].run:
                 log.info("page.skipped", page=page, reason=starts[page].reason)
         if not runnable:
-            return starts[pages[-1]].reason
+            return starts[pages[-1]].reason, None
         rev = max(starts[page].spec_rev for page in runnable)
         if rev != self._specs[job_id][0]:
             # 'harvest retry --job' amended the job since this worker read it.
@@ -164,6 +196,12 @@ class PageRunner:
                     # The job ended, closed or aborted: the rest of the run is moot (a
                     # page still needed keeps a lease no one renews: the reaper sends it).
                     break
+            successor = claims[0] if (
+                keep_successor and outcome == "committed" and not failures
+                and len(claims) == 1 and pagination.is_chain(spec)
+                and not self.stopping.is_set()) else None
+            if successor is not None:
+                claims = []
         finally:
             for left in runnable[done:]:
                 self.in_flight.remove(job_id, left)
@@ -174,7 +212,7 @@ class PageRunner:
                                            run_pages=cost.run_pages(self.settings.run_pages))
         if failures:
             raise _run_failure(failures) from None
-        return outcome
+        return outcome, successor
 
     def close(self) -> None:
         self.fetcher.close()

@@ -19,6 +19,7 @@ import gzip
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -89,9 +90,11 @@ def run_baseline(url: str, pages: int, params: dict, workdir: Path, api=None) ->
 # ----------------------------------------------------------------- harvester
 
 class Cluster:
-    def __init__(self, workdir: Path, workers: int, threads: int, level: int | None = None):
+    def __init__(self, workdir: Path, workers: int, threads: int, level: int | None = None,
+                 profile: Path | None = None):
         self.workdir = workdir
         self.level = level  # compress_level; None = the job default
+        self.profile = profile  # a py-spy flame graph of one worker, for the small pages
         self.redis = RedisServer(workdir / "redis").start()
         env = {**os.environ, "HARVEST_HOME": str(workdir / "home"), "HARVEST_LOG_LEVEL": "WARNING"}
         self.env = {**env, "HARVEST_REDIS_URL": self.redis.url}
@@ -124,6 +127,16 @@ class Cluster:
         cpu_before = (_cpu(worker_pids), _cpu([self.redis.process.pid]),
                       _cpu([api.process.pid]) if api else 0.0)
         commands_before = client.info("stats")["total_commands_processed"]
+        spy = None
+        if self.profile and name == "small":
+            # Every thread of the first worker, native frames off: where its CPU goes.
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker_pids[0]),
+                                    "--subprocesses", "--rate", "250", "--format",
+                                    "raw" if str(self.profile).endswith(".txt") else "flamegraph",
+                                    "--output", str(self.profile)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.profile = None  # once
+            time.sleep(1)
         started = time.perf_counter()
         process = subprocess.Popen([*HARVEST, "run", str(job)], env=self.env,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -134,6 +147,9 @@ class Cluster:
             time.sleep(0.1)
         wall = time.perf_counter() - started
         stop.set()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            spy.wait(timeout=60)
         commands = client.info("stats")["total_commands_processed"] - commands_before - 1
         cpu_after = (_cpu(worker_pids), _cpu([self.redis.process.pid]),
                      _cpu([api.process.pid]) if api else 0.0)
@@ -226,6 +242,9 @@ def main() -> None:
     parser.add_argument("--big-bytes", type=int, default=1 << 30)
     parser.add_argument("--redis-pages", type=int, default=200_000)
     parser.add_argument("--chain-pages", type=int, default=2000)
+    parser.add_argument("--profile", type=Path, default=None, metavar="SVG",
+                        help="write a py-spy flame graph of one worker during the small pages"
+                             " (collapsed stacks if the name ends in .txt)")
     parser.add_argument("--compress-level", type=int, default=None,
                         help="the jobs' compress_level (default: the job default)")
     parser.add_argument("--repeat", type=int, default=1,
@@ -240,7 +259,8 @@ def main() -> None:
     # timed: otherwise it re-encodes each 1 MB page (~12 ms of CPU per MB) and the
     # benchmark measures the API, not the clients.
     with start_demo_api(cache_mb=512) as api:
-        cluster = Cluster(workdir, args.workers, args.threads, args.compress_level)
+        cluster = Cluster(workdir, args.workers, args.threads, args.compress_level,
+                          args.profile)
         try:
             if "small" not in args.skip:
                 params = {"per_page": 10, "pad": 950}
