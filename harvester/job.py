@@ -366,28 +366,28 @@ def _check_pagination(p: dict[str, Any], output: dict[str, Any], path: str) -> N
     if "total" in p and p["total"] > MAX_PAGES * p.get("limit", 100):
         raise JobSpecError(f"must be at most {MAX_PAGES:,} pages of limit records",
                            path=path, key="pagination.total")
-    ends = ("max_pages", "stop_on_empty", "stop_on_status")
-    if style == "page":
-        given = [k for k in ("pages", "total_pages_path", "total_path", "total_header") if k in p]
+    def one_end(sizes: tuple[str, ...], hint: str) -> None:
+        """At most one way to size the job, and some way for it to end."""
+        given = [k for k in sizes if k in p]
         if len(given) > 1:
             raise JobSpecError(f"give one of pagination.{given[0]} or pagination.{given[1]},"
                                " not both", path=path, key=f"pagination.{given[1]}")
-        if not given and not any(p.get(k) for k in ends):
-            need("pages", "or total_pages_path, total_path or total_header with page_size,"
-                          " max_pages, stop_on_empty or stop_on_status")
+        if not given and not any(p.get(k) for k in ("max_pages", "stop_on_empty",
+                                                     "stop_on_status")):
+            need(sizes[0], hint)
+
+    if style == "page":
+        one_end(("pages", "total_pages_path", "total_path", "total_header"),
+                "or total_pages_path, total_path or total_header with page_size,"
+                " max_pages, stop_on_empty or stop_on_status")
         for key in ("total_path", "total_header"):
             if key in p and "page_size" not in p:
                 raise JobSpecError(f"pagination.{key} is a record count: give"
                                    " pagination.page_size (records per page) too", path=path,
                                    key="pagination.page_size")
     elif style == "offset":
-        given = [k for k in ("total", "total_path", "total_header") if k in p]
-        if len(given) > 1:
-            raise JobSpecError(f"give one of pagination.{given[0]} or pagination.{given[1]},"
-                               " not both", path=path, key=f"pagination.{given[1]}")
-        if not given and not any(p.get(k) for k in ends):
-            need("total", "or total_path, total_header, max_pages, stop_on_empty or"
-                          " stop_on_status")
+        one_end(("total", "total_path", "total_header"),
+                "or total_path, total_header, max_pages, stop_on_empty or stop_on_status")
     elif style == "cursor" and "cursor_path" not in p:
         need("cursor_path", "where each response names the next cursor")
     elif style == "next_url" and "next_url_path" not in p:

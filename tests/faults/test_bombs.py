@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import threading
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from support.hostile import HostileServer, streamed
 from support.jobs import job_toml
 from support.output import failed_lines, manifest
-from support.services import RedisServer, Workers, tree_rss
+from support.services import Workers, private_cluster, tree_rss
 
 HTTP = "timeout_connect = 2\ntimeout_read = 10\npage_deadline = 120\nretries = 2\n" \
        "backoff_factor = 0.05\nbackoff_max = 0.1"
@@ -30,13 +29,8 @@ RSS_CAP = 100 * MIB
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """One Redis and one worker process of two threads (its RSS is what is measured)."""
-    root = tmp_path_factory.mktemp("bombs")
-    server = RedisServer(root / "redis").start()
-    env = {**os.environ, "HARVEST_HOME": str(root / "home"), "HARVEST_LOG_LEVEL": "WARNING"}
-    workers = Workers(server.url, env, root / "logs", count=1, threads=2).start()
-    yield server, workers
-    workers.stop()
-    server.kill()
+    with private_cluster(tmp_path_factory.mktemp("bombs"), count=1, threads=2) as pair:
+        yield pair
 
 
 class PeakRSS:
@@ -111,6 +105,19 @@ def test_the_default_cap_is_4_gib_and_0_means_none(tmp_path):
     assert load_job(off).http.max_page_bytes == 0
 
 
+def _harvest_a_huge_key(mode: str, cluster, harvest, tmp_path):
+    """A job on an API whose one record holds a 256 MiB key: (result, requests, RSS)."""
+    server, workers = cluster
+    with HostileServer() as api:
+        api.route("/key", lambda req: streamed(200, b'{"data": [{"', b"k" * MIB, 256,
+                                               b'": 1}]}'))
+        extra = 'mode = "records"\nrecords_path = "data"' if mode == "records" else ""
+        job = _job(tmp_path / "job.toml", f"{api.url}/key", extra=extra)
+        with PeakRSS(workers) as rss:
+            result = harvest("run", str(job), redis_url=server.url, timeout=240)
+        return result, len(api.requests), rss
+
+
 @pytest.mark.parametrize("mode", ["records", "pages"])
 def test_a_huge_key_is_harvested_in_constant_memory(mode, cluster, harvest, tmp_path):
     """A record holding one 256 MiB key, checked by the C validator (which holds no
@@ -120,15 +127,7 @@ def test_a_huge_key_is_harvested_in_constant_memory(mode, cluster, harvest, tmp_
 
     if not NATIVE:
         pytest.skip("built without the C validator")
-    server, workers = cluster
-    with HostileServer() as api:
-        api.route("/key", lambda req: streamed(200, b'{"data": [{"', b"k" * MIB, 256,
-                                               b'": 1}]}'))
-        extra = 'mode = "records"\nrecords_path = "data"' if mode == "records" else ""
-        job = _job(tmp_path / "job.toml", f"{api.url}/key", extra=extra)
-        with PeakRSS(workers) as rss:
-            result = harvest("run", str(job), redis_url=server.url, timeout=240)
-        requests = len(api.requests)
+    result, requests, rss = _harvest_a_huge_key(mode, cluster, harvest, tmp_path)
     assert result.returncode == 0, result.stderr
     meta = json.loads((tmp_path / "out" / "_manifest.json").read_text())
     assert meta["pages"]["ok"] == 1 and meta["lines"] == 1
@@ -140,14 +139,9 @@ def test_a_huge_key_is_harvested_in_constant_memory(mode, cluster, harvest, tmp_
 @pytest.fixture(scope="module")
 def ijson_cluster(tmp_path_factory):
     """A worker that validates with ijson, as an install without a C compiler does."""
-    root = tmp_path_factory.mktemp("ijson-cluster")
-    server = RedisServer(root / "redis").start()
-    env = {**os.environ, "HARVEST_HOME": str(root / "home"), "HARVEST_LOG_LEVEL": "WARNING",
-           "HARVEST_JSON_VALIDATOR": "ijson"}
-    workers = Workers(server.url, env, root / "logs", count=1, threads=2).start()
-    yield server, workers
-    workers.stop()
-    server.kill()
+    with private_cluster(tmp_path_factory.mktemp("ijson-cluster"), count=1, threads=2,
+                         HARVEST_JSON_VALIDATOR="ijson") as pair:
+        yield pair
 
 
 @pytest.mark.parametrize("mode", ["records", "pages"])
@@ -157,15 +151,7 @@ def test_with_ijson_a_huge_key_fails_in_constant_memory(mode, ijson_cluster, har
     PageTooLarge ("over 8 MiB") once the key passes 8 MiB, in records mode and pages
     mode alike, without retries, and the worker stays under 100 MB RSS (yajl would
     have held the key whole: 500 MB)."""
-    server, workers = ijson_cluster
-    with HostileServer() as api:
-        api.route("/key", lambda req: streamed(200, b'{"data": [{"', b"k" * MIB, 256,
-                                               b'": 1}]}'))
-        extra = 'mode = "records"\nrecords_path = "data"' if mode == "records" else ""
-        job = _job(tmp_path / "job.toml", f"{api.url}/key", extra=extra)
-        with PeakRSS(workers) as rss:
-            result = harvest("run", str(job), redis_url=server.url, timeout=240)
-        requests = len(api.requests)
+    result, requests, rss = _harvest_a_huge_key(mode, ijson_cluster, harvest, tmp_path)
     assert result.returncode == 1, result.stderr
     [failure] = failed_lines(tmp_path / "out")
     assert failure["error_class"] == "PageTooLarge" and "over 8 MiB" in failure["message"]

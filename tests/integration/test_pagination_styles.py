@@ -14,7 +14,7 @@ from harvester.demo.data import record
 from support.demo import start_demo_api
 from support.jobs import job_toml
 from support.output import failed_lines, read_pages
-from support.services import RedisServer, Workers, kill_tree, tree_rss
+from support.services import kill_tree, private_cluster, tree_rss
 
 PAGES, PER_PAGE = 400, 3
 
@@ -22,15 +22,8 @@ PAGES, PER_PAGE = 400, 3
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """One Redis and two worker processes for the module's many small jobs."""
-    import os
-
-    root = tmp_path_factory.mktemp("styles")
-    server = RedisServer(root / "redis").start()
-    env = {**os.environ, "HARVEST_HOME": str(root / "home"), "HARVEST_LOG_LEVEL": "WARNING"}
-    workers = Workers(server.url, env, root / "logs", count=2, threads=4).start()
-    yield server, workers
-    workers.stop()
-    server.kill()
+    with private_cluster(tmp_path_factory.mktemp("styles")) as pair:
+        yield pair
 
 
 def _job(path, *, url, pagination, params=None, extra="", out="out"):

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 
 import pytest
 
 from support.jobs import job_toml
 from support.output import manifest
-from support.services import RedisServer, Workers
+from support.services import private_cluster
 from support.thirdparty import drf, fastapi_pagination
 
 USERS = RECORDS = 1000
@@ -22,13 +21,8 @@ HTTP = "timeout_read = 20\npage_deadline = 60\nretries = 2\nbackoff_factor = 0.0
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    root = tmp_path_factory.mktemp("thirdparty")
-    server = RedisServer(root / "redis").start()
-    env = {**os.environ, "HARVEST_HOME": str(root / "home"), "HARVEST_LOG_LEVEL": "WARNING"}
-    workers = Workers(server.url, env, root / "logs", count=2, threads=4).start()
-    yield server, workers
-    workers.stop()
-    server.kill()
+    with private_cluster(tmp_path_factory.mktemp("thirdparty")) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="module")

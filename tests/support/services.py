@@ -5,6 +5,7 @@ real processes instead of in-process threads)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -75,6 +76,21 @@ class RedisServer:
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+@contextlib.contextmanager
+def private_cluster(root: Path, *, count: int = 2, threads: int = 4, **env: str):
+    """A private redis-server and ``count`` worker processes under ``root``, with
+    ``env`` added to the workers' environment; yields ``(server, workers)``."""
+    server = RedisServer(root / "redis").start()
+    environ = {**os.environ, "HARVEST_HOME": str(root / "home"), "HARVEST_LOG_LEVEL": "WARNING",
+               **env}
+    workers = Workers(server.url, environ, root / "logs", count=count, threads=threads).start()
+    try:
+        yield server, workers
+    finally:
+        workers.stop()
+        server.kill()
 
 
 class Workers:
