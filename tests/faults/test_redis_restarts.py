@@ -8,6 +8,7 @@ import psutil
 import redis
 
 from support.jobs import job_toml
+from support.services import wait_for
 from support.output import assert_exactly_once
 
 PAGES = 2500
@@ -23,13 +24,6 @@ def _job_state(client: redis.Redis) -> dict[str, str]:
         return {}
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _alive(process) -> list[str]:
@@ -77,7 +71,7 @@ def test_workers_outlive_ten_redis_restarts(tmp_path, harvest, workers, redis_se
                         "retries = 5\nbackoff_factor = 0.05\nbackoff_max = 0.5")
     run = harvest.popen("run", str(job), redis_url=redis_server.url)
     client = redis_server.client()
-    _wait_for(lambda: int(_job_state(client).get("committed") or 0) >= 50, 60,
+    wait_for(lambda: int(_job_state(client).get("committed") or 0) >= 50, 60,
               "the job to make progress")
 
     for restart in range(RESTARTS):
@@ -90,7 +84,7 @@ def test_workers_outlive_ten_redis_restarts(tmp_path, harvest, workers, redis_se
         # Let the workers reconnect and get back to publishing and acking pages, so the
         # next restart lands while messages are in flight.
         before = int(_job_state(client).get("committed") or 0)
-        _wait_for(lambda b=before: int(_job_state(client).get("committed") or 0) > b + 8, 30,
+        wait_for(lambda b=before: int(_job_state(client).get("committed") or 0) > b + 8, 30,
                   f"pages to commit after restart {restart + 1}")
         assert _job_state(client).get("state") != "done", "the job ended before the restarts did"
         dead = [problem for process in workers.processes for problem in _alive(process)]

@@ -10,17 +10,11 @@ import time
 import pytest
 
 from support.output import assert_exactly_once, failed_lines
+from support.services import wait_for
 
 from support.jobs import job_toml
 
 
-def _wait(predicate, timeout=60, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sigterm_hands_the_running_page_back_at_once(api, workers, redis_server, harvest,
@@ -38,21 +32,21 @@ def test_sigterm_hands_the_running_page_back_at_once(api, workers, redis_server,
     submitted = harvest("run", str(job), "--detach", redis_url=redis_server.url)
     job_id = submitted.stdout.split()[1]
     client = redis_server.client()
-    _wait(lambda: client.hexists(f"hv:{{{job_id}}}:owner", 2), what="page 2 to start")
+    wait_for(lambda: client.hexists(f"hv:{{{job_id}}}:owner", 2), what="page 2 to start")
     time.sleep(0.5)
     queued = lambda: sum(client.llen(q) for q in client.keys("harvest*"))  # noqa: E731
     assert queued() == 0
     worker = workers.processes[0]
     stopped_at = time.monotonic()
     os.killpg(worker.pid, signal.SIGTERM)
-    _wait(lambda: queued() == 1, timeout=5, what="page 2 back in the queue")
+    wait_for(lambda: queued() == 1, timeout=5, what="page 2 back in the queue")
     worker.wait(timeout=10)
     handed_back = time.monotonic() - stopped_at
     assert handed_back < 5
     api.clear_faults()
     workers.processes.clear()
     workers.start()
-    _wait(lambda: client.hget(f"hv:{{{job_id}}}:job", "state") == "done", timeout=60,
+    wait_for(lambda: client.hget(f"hv:{{{job_id}}}:job", "state") == "done", timeout=60,
           what="the job to finish")
     assert_exactly_once(tmp_path / "out", range(1, 4))
 
@@ -87,7 +81,7 @@ def test_disk_full_mid_job(api, workers, redis_server, harvest, tmp_path, small_
                    out=str(out), extra="compress_level = 1")
     process = harvest.popen("run", str(job), redis_url=redis_server.url)
     client = redis_server.client()
-    _wait(lambda: any(int(client.hget(k, "failed") or 0) >= 2 for k in client.keys("hv:*:job")),
+    wait_for(lambda: any(int(client.hget(k, "failed") or 0) >= 2 for k in client.keys("hv:*:job")),
           timeout=120, what="pages to fail with a full disk")
     filler.unlink()  # space is back
     assert process.wait(timeout=180) == 1, process.stderr.read()

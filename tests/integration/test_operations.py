@@ -14,20 +14,13 @@ import time
 import psutil
 from support.hostile import HostileServer, Request, respond
 from support.output import assert_exactly_once, failed_lines, manifest
-from support.services import REPO_ROOT
+from support.services import REPO_ROOT, wait_for
 
 
 def _job_id(stdout: str) -> str:
     return stdout.splitlines()[0].split()[1]
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 # ------------------------------------------------------------ retry --job
@@ -86,7 +79,7 @@ def _slow_job(api, job_file, name: str, pages: int = 400):
 
 
 def _tree(pid: int) -> list[psutil.Process]:
-    _wait_for(lambda: len(psutil.Process(pid).children(recursive=True)) >= 3, 60,
+    wait_for(lambda: len(psutil.Process(pid).children(recursive=True)) >= 3, 60,
               "the local redis-server and workers")
     time.sleep(2)  # the workers' own pool children
     return psutil.Process(pid).children(recursive=True)
@@ -111,7 +104,7 @@ def test_sigterm_and_sighup_stop_a_local_run_and_everything_it_started(api, job_
         _, stderr = run.communicate(timeout=120)
         assert run.returncode == 130, stderr
         assert "Traceback" not in stderr
-        _wait_for(lambda: _all_gone(children), 30, "the cluster to stop")
+        wait_for(lambda: _all_gone(children), 30, "the cluster to stop")
         meta = manifest(tmp_path / f"out-sig{int(sig)}")
         assert meta["state"] == "cancelled"
     api.clear_faults()
@@ -129,11 +122,11 @@ def test_a_killed_local_run_leaves_nothing_running_and_its_job_waits_for_retry(
     run = harvest.popen("run", str(job), "--local", "--workers", "2")
     orphan = _job_id(run.stdout.readline())
     children = _tree(run.pid)
-    _wait_for(lambda: api.stats()["by_page"].get("/items:3", 0) >= 3, 60,
+    wait_for(lambda: api.stats()["by_page"].get("/items:3", 0) >= 3, 60,
               "page 3 to fail for good")
     run.kill()
     run.wait()
-    _wait_for(lambda: _all_gone(children), 30, "the orphaned cluster to stop by itself")
+    wait_for(lambda: _all_gone(children), 30, "the orphaned cluster to stop by itself")
 
     api.clear_faults()
     tries_of_page_3 = api.stats()["by_page"]["/items:3"]

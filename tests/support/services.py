@@ -22,6 +22,17 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 HARVEST = [sys.executable, "-m", "harvester.cli"]
 
 
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition",
+             interval: float = 0.05) -> None:
+    """Poll ``predicate`` until it is true; AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
