@@ -126,17 +126,16 @@ class BodyInspector:
     def __init__(self, paths: Iterable[str] = (), *, native: bool | None = None):
         paths = tuple(paths)
         self._values = _PathValues(paths) if paths else None
-        self._native = _NativeValidator() if self._values is None and (
-            NATIVE if native is None else native and _NativeValidator is not None) else None
+        use_native = (NATIVE if native is None else native) and _NativeValidator is not None
+        # The C validator reads no values: paths always go through ijson.
+        self._native = _NativeValidator() if use_native and not paths else None
+        self._guard = None if self._native is not None else TokenGuard()
         if self._native is not None:
             self._parser = None
-            self._guard = None
         elif self._values is None:
             self._parser = ijson.basic_parse_coro(_DiscardEvents())
-            self._guard = TokenGuard()
         else:
             self._parser = ijson.parse_coro(self._values, use_float=False)
-            self._guard = TokenGuard()
         self._fed = 0
 
     def feed(self, chunk: bytes) -> None:

@@ -56,4 +56,3 @@ class CeleryDispatcher:
             # ledger, so the reaper sends it once the broker is back.
             raise BrokerUnavailable("the broker (HARVEST_REDIS_URL)",
                                     str(exc).splitlines()[0]) from None
-

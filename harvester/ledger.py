@@ -290,12 +290,9 @@ class Ledger:
 
     # ----------------------------------------------------------------- pages
 
-    def start_page(self, job_id: str, page: int, worker: str = "?") -> "Start":
-        """Lease ``page`` to ``worker``, with its link if it is a chained page."""
-        return self.start_pages(job_id, [page], worker)[page]
-
     def start_pages(self, job_id: str, pages: list[int], worker: str = "?") -> dict[int, Start]:
-        """Lease a run of pages to ``worker`` in one script call: each page's Start."""
+        """Lease a run of pages to ``worker`` in one script call: each page's Start, with
+        its link if it is a chained page."""
         result = self.run_script(
             "start", [self.key(job_id, n) for n in ("job", "lease", "tries", "links", "owner",
                                                     "failed")],

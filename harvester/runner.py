@@ -167,14 +167,14 @@ class PageRunner:
             for index, page in enumerate(runnable):
                 structlog.contextvars.bind_contextvars(page=page)
                 start = starts[page]
-                began = time.monotonic()
+                page_began = time.monotonic()
                 try:
                     if self.stopping.is_set():
                         raise Abandoned(job_id, page)
                     outcome, claimed, raw_bytes = self._harvest(
                         job_id, spec, page, Link.from_dict(start.link), task_try=start.tries,
                         paused=start.paused, total=start.total, give_back_at=give_back_at)
-                    cost.add(time.monotonic() - began, raw_bytes)
+                    cost.add(time.monotonic() - page_began, raw_bytes)
                 except _FailedForGood as failed:
                     failures.append(failed.failure)
                     outcome, claimed = failed.outcome, failed.claimed
@@ -187,8 +187,7 @@ class PageRunner:
                     done = index + 1
                 claims += claimed
                 if len(claims) >= cost.run_pages(self.settings.run_pages):
-                    self.dispatcher.send_pages(job_id, claims,
-                                               run_pages=cost.run_pages(self.settings.run_pages))
+                    self._send_claims(job_id, claims, cost)
                     claims = []
                 if outcome == "last":
                     self.dispatcher.send_finalize(job_id)
@@ -208,11 +207,14 @@ class PageRunner:
             # Pages claimed so far are leased to the queue: send them whatever happens,
             # or they would wait for the reaper.
             if claims:
-                self.dispatcher.send_pages(job_id, claims,
-                                           run_pages=cost.run_pages(self.settings.run_pages))
+                self._send_claims(job_id, claims, cost)
         if failures:
             raise _run_failure(failures) from None
         return outcome, successor
+
+    def _send_claims(self, job_id: str, claims: list[int], cost: PageCost) -> None:
+        self.dispatcher.send_pages(job_id, claims,
+                                   run_pages=cost.run_pages(self.settings.run_pages))
 
     def close(self) -> None:
         self.fetcher.close()
@@ -232,7 +234,7 @@ class PageRunner:
             structlog.contextvars.bind_contextvars(attempt=attempt, task_try=task_try)
             try:
                 # With no limits set, the limiter only enforces Retry-After pauses:
-                # skip its round trip when start_page saw none and this is the first try.
+                # skip its round trip when start_pages saw none and this is the first try.
                 limited = paused or attempt > 1 or spec.limits.rate_per_second is not None \
                     or spec.limits.max_in_flight is not None
                 fetched = self.fetcher.fetch(job_id, spec, page, link, limited=limited,

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .runs import default_run_pages
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -54,8 +56,6 @@ class Settings:
         home = Path(os.environ.get("HARVEST_HOME") or
                     Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
                     / "harvester")
-        from .runs import default_run_pages
-
         window = _int("HARVEST_WINDOW", 256)
         return cls(
             redis_url=os.environ.get("HARVEST_REDIS_URL") or DEFAULT_REDIS_URL,
