@@ -81,11 +81,13 @@ class PageFetcher:
         self._origins: dict[str, Origin] = {}
 
     def fetch(self, job_id: str, spec: JobSpec, page: int, link: Link | None, *,
-              limited: bool = True, total: int | None = None) -> Fetched:
+              limited: bool = True, total: int | None = None, sync: bool = True) -> Fetched:
         """Fetch ``page`` once into this thread's segment (not yet committed).
 
         ``total`` is the job's page count when known (to tell a short last page
-        from a page the API cut short). Raises :class:`PageError` subclasses.
+        from a page the API cut short). With ``sync`` False the page's bytes are not
+        yet durable: :meth:`sync` must run before it is committed. Raises
+        :class:`PageError` subclasses.
         """
         request = pagination.request_for(spec, page, link)
         url = display_url(request)
@@ -116,14 +118,14 @@ class PageFetcher:
             raise Abandoned(job_id, page) from None
         try:
             return self._request(job_id, spec, page, link, url, resolved, headers, secrets,
-                                 origin, resources, deadline, total)
+                                 origin, resources, deadline, total, sync)
         finally:
             self.limiter.release(slot)
 
     def _request(self, job_id: str, spec: JobSpec, page: int, link: Link | None, url: str,
                  resolved: ResolvedRequest, headers: dict[str, str], secrets: SecretSet,
                  origin: Origin, resources: _JobResources, deadline: float,
-                 total: int | None) -> Fetched:
+                 total: int | None, sync: bool) -> Fetched:
         with open_page(resources.session, resolved, headers=headers, http=spec.http, url=url,
                        secrets=secrets, origin=origin,
                        allow_hosts=spec.pagination.allow_hosts) as response:
@@ -152,7 +154,7 @@ class PageFetcher:
                     exc.url, exc.status = url, response.status
                     exc.attempts = exc.attempts or response.attempts
                     raise
-                location = member.commit()
+                location = member.commit(sync=sync)
             except BaseException:
                 member.abort()
                 raise
@@ -160,11 +162,29 @@ class PageFetcher:
                         length=location.length, raw_bytes=location.raw_bytes, lines=result.lines)
         return Fetched(commit=commit, following=following, requests_sent=response.attempts)
 
+    def sync(self, job_id: str) -> None:
+        """Make every page this thread wrote for ``job_id`` durable (one fsync)."""
+        resources = self._local.jobs.get(job_id)
+        if resources is not None and resources.segment is not None:
+            resources.segment.sync()
+
     def discard(self, job_id: str, commit: Commit) -> None:
-        """Cut a page written but never committed (a duplicate, a closed job) off again."""
+        """Cut a page written but never committed (a duplicate, a closed job) off again.
+        Only the segment's last page can be cut; one before it stays as bytes no
+        commit references, which sealing never copies."""
         resources = self._local.jobs.get(job_id)
         segment = resources.segment if resources else None
-        if segment is not None and segment.size == commit.offset + commit.length:
+        if segment is not None and resources.segment_id == commit.segment \
+                and segment.size == commit.offset + commit.length:
+            segment.truncate(commit.offset)
+
+    def cut_back(self, job_id: str, commit: Commit) -> None:
+        """Drop ``commit``'s page and every byte written after it (a run whose one
+        fsync failed: none of its pages may be committed)."""
+        resources = self._local.jobs.get(job_id)
+        segment = resources.segment if resources else None
+        if segment is not None and resources.segment_id == commit.segment \
+                and segment.size >= commit.offset:
             segment.truncate(commit.offset)
 
     def close(self) -> None:

@@ -345,6 +345,44 @@ class Ledger:
             return "duplicate", []  # another worker's copy won; its claims are its own
         return result[0], [int(p) for p in result[1:]]
 
+    def commit_run(self, job_id: str, commits: list[Commit]) -> tuple[str, list[int],
+                                                                     dict[int, str]]:
+        """The commit point of a run of fan-out pages written together (each names no
+        total, successor or end), in one script call: returns the run's outcome
+        (committed|last|closed|duplicate), the pages the caller must enqueue, and each
+        page's own outcome (committed|duplicate|closed)."""
+        args: list[Any] = [self.prefix(job_id), now_ms() + self.queued_ms,
+                           now_ms() + self.lease_ms]
+        for commit in commits:
+            args += [commit.page, commit.encode(), commit.raw_bytes, commit.length, commit.lines]
+        result = self.run_script(
+            "commit_run", [self.key(job_id, n) for n in ("job", "lease", "tries", "failed",
+                                                         "todo", "owner", "buckets")], args)
+        outcome, count = result[0], int(result[1])
+        claimed = [int(p) for p in result[2:2 + count]]
+        mine = {commit.page: commit.encode() for commit in commits}
+        pages: dict[int, str] = {}
+        rest = result[2 + count:]
+        for i in range(0, len(rest), 3):
+            page, status, standing = int(rest[i]), rest[i + 1], rest[i + 2]
+            if status == "new":
+                pages[page] = "committed"
+            elif status == "standing":
+                location, _, claims = standing.partition("|")
+                if location == mine[page]:
+                    # Our own commit, whose reply was lost and which ran again: it
+                    # stands, with the pages it claimed then.
+                    pages[page] = "committed"
+                    claimed += [int(p) for p in claims.split(",") if p]
+                else:
+                    pages[page] = "duplicate"  # another worker's copy won
+            else:
+                pages[page] = "closed"
+        if outcome != "last":
+            outcome = ("committed" if "committed" in pages.values() else
+                       "duplicate" if "duplicate" in pages.values() else "closed")
+        return outcome, claimed, pages
+
     def fail(self, job_id: str, page: int, record: dict[str, Any], *,
              close: bool = False) -> tuple[str, list[int]]:
         result = self.run_script(

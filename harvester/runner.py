@@ -13,6 +13,7 @@ import random
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 import structlog
@@ -21,7 +22,7 @@ from . import pagination
 from .backoff import compute_backoff
 from .errors import (Abandoned, HTTPStatusError, InternalError, JobNotFound, PageError,
                      PageFailed, PaginationError, StorageError)
-from .fetcher import Fetched, PageFetcher, now_iso, page_url
+from .fetcher import Fetched, Following, PageFetcher, now_iso, page_url
 from .job import JobSpec
 from .ledger import Ledger
 from .limits import RequestLimiter
@@ -58,6 +59,21 @@ class _FailedForGood(Exception):
         self.failure = failure
         self.outcome = outcome
         self.claimed = claimed
+
+
+@dataclass(frozen=True)
+class _Written:
+    """A page of a run written to the segment, waiting for the run's fsync and commit."""
+
+    page: int
+    link: Link | None
+    task_try: int
+    total: int | None
+    fetched: Fetched
+    sent: int
+
+
+NOTHING_FOLLOWS = Following()
 
 
 class InFlight:
@@ -156,10 +172,13 @@ class PageRunner:
         for page in runnable:
             self.in_flight.add(job_id, page)
         cost = self._costs.setdefault(job_id, PageCost())
+        # Pages of a fan-out run are written one after the other and committed together:
+        # one fsync and one script for the run (see _commit_written).
+        written: list[_Written] | None = [] if (
+            len(runnable) > 1 and pagination.is_fan_out(spec)) else None
         claims: list[int] = []
         failures: list[PageFailed] = []
         outcome = "skipped"
-        done = 0  # pages of the run this task is through with
         # Retries and pauses happen inside the task, which must end well within
         # kombu's visibility timeout, or the broker would deliver the run again.
         give_back_at = time.monotonic() + self.settings.visibility_timeout / 2
@@ -173,28 +192,41 @@ class PageRunner:
                         raise Abandoned(job_id, page)
                     outcome, claimed, raw_bytes = self._harvest(
                         job_id, spec, page, Link.from_dict(start.link), task_try=start.tries,
-                        paused=start.paused, total=start.total, give_back_at=give_back_at)
+                        paused=start.paused, total=start.total, give_back_at=give_back_at,
+                        written=written)
                     cost.add(time.monotonic() - page_began, raw_bytes)
+                    if outcome == "written" and written[-1].fetched.following != NOTHING_FOLLOWS:
+                        # It tells the job something (a total, an end): the run so far
+                        # is committed now, this page last.
+                        outcome, claimed = self._commit_written(job_id, spec, written,
+                                                                failures)
                 except _FailedForGood as failed:
                     failures.append(failed.failure)
                     outcome, claimed = failed.outcome, failed.claimed
                 except Abandoned:
+                    if written:
+                        done, claimed = self._commit_written(job_id, spec, written, failures)
+                        claims += claimed
+                        if done == "last":
+                            self.dispatcher.send_finalize(job_id)
                     for left in runnable[index:]:
                         self.ledger.release_page(job_id, left, self.worker_name)
                     raise
-                finally:
-                    self.in_flight.remove(job_id, page)
-                    done = index + 1
                 claims += claimed
                 if len(claims) >= cost.run_pages(self.settings.run_pages):
                     self._send_claims(job_id, claims, cost)
                     claims = []
                 if outcome == "last":
                     self.dispatcher.send_finalize(job_id)
-                if outcome not in ("committed", "failed", "duplicate"):
+                if outcome not in ("committed", "failed", "duplicate", "written"):
                     # The job ended, closed or aborted: the rest of the run is moot (a
                     # page still needed keeps a lease no one renews: the reaper sends it).
                     break
+            if written:
+                outcome, claimed = self._commit_written(job_id, spec, written, failures)
+                claims += claimed
+                if outcome == "last":
+                    self.dispatcher.send_finalize(job_id)
             successor = claims[0] if (
                 keep_successor and outcome == "committed" and not failures
                 and len(claims) == 1 and pagination.is_chain(spec)
@@ -202,8 +234,9 @@ class PageRunner:
             if successor is not None:
                 claims = []
         finally:
-            for left in runnable[done:]:
-                self.in_flight.remove(job_id, left)
+            # Pages written but not committed keep their leases until the end of the run.
+            for page in runnable:
+                self.in_flight.remove(job_id, page)
             # Pages claimed so far are leased to the queue: send them whatever happens,
             # or they would wait for the reaper.
             if claims:
@@ -211,6 +244,59 @@ class PageRunner:
         if failures:
             raise _run_failure(failures) from None
         return outcome, successor
+
+    def _commit_written(self, job_id: str, spec: JobSpec, written: list[_Written],
+                        failures: list[PageFailed]) -> tuple[str, list[int]]:
+        """Commit the run's pages written so far: one fsync, one script. If the fsync
+        fails (a full disk), none of them is committed: their bytes are cut off and
+        each page is harvested again on its own, with its retries and failure."""
+        pages = list(written)
+        written.clear()
+        try:
+            self.fetcher.sync(job_id)
+        except StorageError as exc:
+            log.warning("run.sync_failed", message=str(exc), pages=[w.page for w in pages])
+            self.fetcher.cut_back(job_id, pages[0].fetched.commit)
+            return self._harvest_alone(job_id, spec, pages, failures)
+        plain = [w for w in pages if w.fetched.following == NOTHING_FOLLOWS]
+        told = [w for w in pages if w.fetched.following != NOTHING_FOLLOWS]  # the last, if any
+        outcome, claimed = "committed", []
+        if plain:
+            outcome, claimed, by_page = self.ledger.commit_run(
+                job_id, [w.fetched.commit for w in plain])
+            for w in reversed(plain):  # the segment's last page first, so each can be cut
+                if by_page[w.page] != "committed":
+                    self.fetcher.discard(job_id, w.fetched.commit)
+            for w in plain:
+                commit = w.fetched.commit
+                log.info("page." + by_page[w.page], page=w.page, raw_bytes=commit.raw_bytes,
+                         gz_bytes=commit.length, requests=w.sent)
+        for w in told:
+            if outcome not in ("committed", "duplicate"):
+                self.fetcher.discard(job_id, w.fetched.commit)
+                break
+            outcome, own = self._commit(job_id, spec, w.page, w.link, w.fetched, w.sent)
+            claimed = claimed + own
+        return outcome, claimed
+
+    def _harvest_alone(self, job_id: str, spec: JobSpec, pages: list[_Written],
+                       failures: list[PageFailed]) -> tuple[str, list[int]]:
+        claims: list[int] = []
+        outcome = "committed"
+        give_back_at = time.monotonic() + self.settings.visibility_timeout / 2
+        for w in pages:
+            structlog.contextvars.bind_contextvars(page=w.page)
+            try:
+                outcome, claimed, _ = self._harvest(
+                    job_id, spec, w.page, w.link, task_try=w.task_try, paused=False,
+                    total=w.total, give_back_at=give_back_at, written=None)
+            except _FailedForGood as failed:
+                failures.append(failed.failure)
+                outcome, claimed = failed.outcome, failed.claimed
+            claims += claimed
+            if outcome not in ("committed", "failed", "duplicate"):
+                break
+        return outcome, claims
 
     def _send_claims(self, job_id: str, claims: list[int], cost: PageCost) -> None:
         self.dispatcher.send_pages(job_id, claims,
@@ -222,10 +308,12 @@ class PageRunner:
     # ------------------------------------------------------------- page loop
 
     def _harvest(self, job_id: str, spec: JobSpec, page: int, link: Link | None,
-                 task_try: int, *, paused: bool, total: int | None,
-                 give_back_at: float) -> tuple[str, list[int], int]:
+                 task_try: int, *, paused: bool, total: int | None, give_back_at: float,
+                 written: list[_Written] | None = None) -> tuple[str, list[int], int]:
         """One page to its end: (outcome, pages claimed, raw bytes); a page failed for
-        good raises _FailedForGood."""
+        good raises _FailedForGood. With ``written`` (a fan-out run), the page is only
+        written, and left there for the run's one fsync and commit (outcome
+        ``written``)."""
         http = spec.http
         sent = 0
         attempt = 0
@@ -238,7 +326,7 @@ class PageRunner:
                 limited = paused or attempt > 1 or spec.limits.rate_per_second is not None \
                     or spec.limits.max_in_flight is not None
                 fetched = self.fetcher.fetch(job_id, spec, page, link, limited=limited,
-                                             total=total)
+                                             total=total, sync=written is None)
             except Abandoned:
                 raise
             except HTTPStatusError as exc:
@@ -262,8 +350,11 @@ class PageRunner:
                     " (a bug in the harvester: please report it with the worker log)",
                     error_class=type(exc).__name__), sent + 1), 0)
             sent += fetched.requests_sent
-            return (*self._commit(job_id, spec, page, link, fetched, sent),
-                    fetched.commit.raw_bytes)
+            raw_bytes = fetched.commit.raw_bytes
+            if written is None:
+                return (*self._commit(job_id, spec, page, link, fetched, sent), raw_bytes)
+            written.append(_Written(page, link, task_try, total, fetched, sent))
+            return "written", [], raw_bytes
 
     def _commit(self, job_id: str, spec: JobSpec, page: int, link: Link | None,
                 fetched: Fetched, sent: int) -> tuple[str, list[int]]:

@@ -72,11 +72,13 @@ class PageMember:
         if compressed:
             self._segment.write(compressed)
 
-    def commit(self) -> Member:
-        """Finish the member and make it durable; returns its location."""
+    def commit(self, *, sync: bool = True) -> Member:
+        """Finish the member and (unless ``sync`` is False: the caller syncs the segment
+        once for several pages) make it durable; returns its location."""
         tail = self._compressor.flush() + struct.pack("<II", self._crc, self.raw_bytes & 0xFFFFFFFF)
         self._segment.write(tail)
-        self._segment.sync()
+        if sync:
+            self._segment.sync()
         self._done = True
         end = self._segment.size
         return Member(offset=self.offset, length=end - self.offset, raw_bytes=self.raw_bytes)
@@ -104,6 +106,7 @@ class SegmentWriter:
         self.path = path
         self._fsync = fsync
         self._buffer = bytearray()
+        self._unsynced = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -125,6 +128,7 @@ class SegmentWriter:
     def write(self, data: bytes) -> None:
         self._buffer += data
         self.size += len(data)
+        self._unsynced = True
         if len(self._buffer) >= self.FLUSH_BYTES:
             self._drain()
 
@@ -142,24 +146,30 @@ class SegmentWriter:
 
     def sync(self) -> None:
         self._drain()
-        if self._fsync:
+        if self._fsync and self._unsynced:
             try:
                 os.fdatasync(self.fd)
             except OSError as exc:
                 raise _storage_error(exc, self.path) from None
+        self._unsynced = False
 
     def truncate(self, size: int) -> None:
-        """Drop everything after ``size``: buffered bytes and bytes on disk."""
-        self._buffer.clear()
-        try:
-            os.ftruncate(self.fd, size)
-        except OSError as exc:
-            raise _storage_error(exc, self.path) from None
+        """Drop everything after ``size``: buffered bytes and bytes on disk. Bytes
+        before ``size`` still buffered (pages of a run not yet synced) stay."""
+        on_disk = self.size - len(self._buffer)
+        if size >= on_disk:
+            del self._buffer[size - on_disk:]
+        else:
+            self._buffer.clear()
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as exc:
+                raise _storage_error(exc, self.path) from None
         self.size = size
 
     def close(self) -> None:
         try:
-            self._drain()
+            self.sync()  # pages written but not yet synced may be committed after
         except StorageError:
             pass
         try:

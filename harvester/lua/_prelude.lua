@@ -8,28 +8,74 @@ local function bucket_key(prefix, page)
   return prefix .. ':c:' .. math.floor(tonumber(page) / 128)
 end
 
+-- Redis' Lua unpacks at most a few thousand values at once: batches stay below.
+local BATCH = 500
+
+-- Which of ``pages`` are committed: {page (string) = standing value}. One HMGET
+-- per commit bucket the pages fall in.
+local function committed_among(prefix, pages)
+  local groups, order = {}, {}
+  for _, page in ipairs(pages) do
+    local bucket = math.floor(tonumber(page) / 128)
+    if not groups[bucket] then groups[bucket] = {}; order[#order + 1] = bucket end
+    table.insert(groups[bucket], page)
+  end
+  local found = {}
+  for _, bucket in ipairs(order) do
+    local members = groups[bucket]
+    for first = 1, #members, BATCH do
+      local slice = {unpack(members, first, math.min(#members, first + BATCH - 1))}
+      local values = redis.call('HMGET', prefix .. ':c:' .. bucket, unpack(slice))
+      for i, page in ipairs(slice) do
+        if values[i] then found[tostring(page)] = values[i] end
+      end
+    end
+  end
+  return found
+end
+
 -- Claim pages until the window (pages queued or running) is full again:
--- the todo list first (retries, chain successors), then the sequential plan.
+-- the todo list first (retries, reaped pages), then the sequential plan, which
+-- is read and advanced once per call, its pages leased with one ZADD per batch.
+-- A plan page was never claimed before, so only a stray message (a page sent by
+-- hand) can have leased it: NX keeps that lease, and the duplicate message this
+-- claim sends is skipped by start.lua.
 local function claim(job, prefix, lease, todo, queued_until)
   local claimed = {}
-  local window = tonumber(redis.call('HGET', job, 'window'))
-  local total = tonumber(redis.call('HGET', job, 'total'))
+  local f = redis.call('HMGET', job, 'window', 'total', 'next_page')
+  local total, nxt = tonumber(f[2]), tonumber(f[3])
+  local room = tonumber(f[1]) - redis.call('ZCARD', lease)
+  local picked = {}
   local guard = 0
-  while redis.call('ZCARD', lease) < window and guard < 100000 do
-    guard = guard + 1
-    local page = redis.call('LPOP', todo)
-    if not page then
-      local nxt = tonumber(redis.call('HGET', job, 'next_page'))
+  while room > 0 and guard < 100000 do
+    local candidates = {}
+    while #candidates < math.min(room, BATCH) and guard < 100000 do
+      guard = guard + 1
+      local page = redis.call('LPOP', todo)
+      if not page then break end
+      candidates[#candidates + 1] = page
+    end
+    local planned = #candidates == 0
+    if planned then
       if nxt > total then break end
-      redis.call('HSET', job, 'next_page', nxt + 1)
-      page = nxt
+      local last = math.min(total, nxt + math.min(room, BATCH) - 1)
+      for page = nxt, last do candidates[#candidates + 1] = page end
+      nxt = last + 1
+      redis.call('HSET', job, 'next_page', nxt)
     end
-    page = tonumber(page)
-    if redis.call('HEXISTS', bucket_key(prefix, page), page) == 0
-        and not redis.call('ZSCORE', lease, page) then
-      redis.call('ZADD', lease, queued_until, page)
-      claimed[#claimed + 1] = page
+    local committed = committed_among(prefix, candidates)
+    local add = {}
+    for _, page in ipairs(candidates) do
+      local name = tostring(page)
+      if not committed[name] and not picked[name]
+          and (planned or not redis.call('ZSCORE', lease, page)) then
+        picked[name] = true
+        add[#add + 1] = queued_until; add[#add + 1] = page
+        claimed[#claimed + 1] = tonumber(page)
+      end
     end
+    if #add > 0 then redis.call('ZADD', lease, 'NX', unpack(add)) end
+    room = room - #add / 2
   end
   return claimed
 end

@@ -71,6 +71,37 @@ def test_members_are_deterministic(tmp_path, level):
     assert raw[4:8] == b"\0\0\0\0"
 
 
+def test_an_aborted_page_after_unsynced_pages_keeps_theirs(tmp_path):
+    """Pages of a run are committed without a sync (their bytes may still be in the
+    write buffer); a page aborted after them drops only its own bytes, buffered or
+    written, and the one sync after makes every earlier page readable at its place."""
+    path = tmp_path / "s.seg"
+    segment = SegmentWriter(path, fsync=True)
+    kept = []
+    for n in range(3):
+        member = segment.begin_page(1)
+        member.write(f"page {n}\n".encode() * 100)
+        kept.append(member.commit(sync=False))
+    doomed = segment.begin_page(1)
+    doomed.write(b"x" * 100)
+    doomed.abort()
+    big = segment.begin_page(1)
+    big.write(os.urandom(SegmentWriter.FLUSH_BYTES + 10))  # reaches the file, then aborted
+    big.abort()
+    last = segment.begin_page(1)
+    last.write(b"after\n")
+    kept.append(last.commit(sync=False))
+    segment.sync()
+    raw = path.read_bytes()
+    assert len(raw) == kept[-1].offset + kept[-1].length
+    for n, member in enumerate(kept[:3]):
+        assert gzip.decompress(raw[member.offset:member.offset + member.length]) == \
+            f"page {n}\n".encode() * 100
+    assert gzip.decompress(raw) == b"".join(f"page {n}\n".encode() * 100
+                                            for n in range(3)) + b"after\n"
+    segment.close()
+
+
 def test_abort_truncates_back(tmp_path):
     """abort() cuts the segment back so only committed members remain, and writing continues."""
     path = tmp_path / "s.seg"

@@ -1,0 +1,143 @@
+"""The ledger's run scripts on a private redis-server: a run of pages is started and
+committed with one script call each, every page keeping its own state; the scripts
+are safe to run twice (a lost reply) and a page another worker committed stays theirs."""
+
+from __future__ import annotations
+
+import pytest
+
+from harvester.job import parse_job
+from harvester.ledger import Commit, Ledger
+
+JOB = "runjob"
+
+
+@pytest.fixture
+def ledger(redis_server):
+    ledger = Ledger(redis_server.client(), lease_seconds=15)
+    yield ledger
+    ledger.redis.close()
+
+
+def _create(ledger: Ledger, *, total: int, window: int) -> list[int]:
+    spec = parse_job({"job": {"name": "runs", "url": "http://127.0.0.1:9/items"},
+                      "pagination": {"style": "page", "pages": total},
+                      "output": {"dir": "out"}})
+    return ledger.create_job(JOB, spec, total=total, open_ended=False, window=window)
+
+
+def _commit(page: int, segment: int = 1) -> Commit:
+    return Commit(page=page, segment=segment, offset=page * 100, length=100, raw_bytes=1000,
+                  lines=1)
+
+
+def _commands(ledger: Ledger) -> int:
+    return int(ledger.redis.info("stats")["total_commands_processed"])
+
+
+def test_a_run_commits_each_page_and_refills_the_window_once(ledger):
+    """Window 16 of 100 pages: the 8 pages of a run commit in one call; the counters
+    move by 8 pages' worth, their leases, tries and owners are gone, and the window is
+    refilled with the next 8 pages, claimed once for the whole run."""
+    assert _create(ledger, total=100, window=16) == list(range(1, 17))
+    starts = ledger.start_pages(JOB, list(range(1, 9)), "w1")
+    assert all(start.run and start.tries == 1 for start in starts.values())
+    outcome, claimed, pages = ledger.commit_run(JOB, [_commit(p) for p in range(1, 9)])
+    assert outcome == "committed"
+    assert claimed == list(range(17, 25))
+    assert pages == {p: "committed" for p in range(1, 9)}
+    state = ledger.state(JOB)
+    assert (state.committed, state.raw_bytes, state.gz_bytes, state.lines) == (8, 8000, 800, 8)
+    assert state.in_flight == 16
+    redis = ledger.redis
+    for page in range(1, 9):
+        assert redis.zscore(ledger.key(JOB, "lease"), page) is None
+        assert not redis.hexists(ledger.key(JOB, "tries"), page)
+        assert not redis.hexists(ledger.key(JOB, "owner"), page)
+    assert {c.page for c in ledger.commits(JOB)} == set(range(1, 9))
+
+
+def test_a_run_replayed_after_a_lost_reply_stands_with_its_claims(ledger):
+    """The same commit run twice (its first reply lost): the second call commits
+    nothing more, counts nothing twice, claims nothing new, and hands back the pages
+    the first call claimed, so the caller can still send them."""
+    _create(ledger, total=100, window=16)
+    ledger.start_pages(JOB, list(range(1, 9)), "w1")
+    run = [_commit(p) for p in range(1, 9)]
+    first = ledger.commit_run(JOB, run)
+    again = ledger.commit_run(JOB, run)
+    assert again == first
+    state = ledger.state(JOB)
+    assert (state.committed, state.raw_bytes) == (8, 8000)
+    assert state.in_flight == 16
+
+
+def test_a_page_another_worker_committed_stays_theirs(ledger):
+    """Page 3 was committed by another worker (another location): in this run it is a
+    duplicate, left as it was, and the run's other pages commit."""
+    _create(ledger, total=100, window=16)
+    ledger.start_pages(JOB, list(range(1, 9)), "w1")
+    assert ledger.commit(JOB, _commit(3, segment=2))[0] == "committed"
+    outcome, _, pages = ledger.commit_run(JOB, [_commit(p) for p in range(1, 9)])
+    assert outcome == "committed"
+    assert pages[3] == "duplicate"
+    assert all(pages[p] == "committed" for p in range(1, 9) if p != 3)
+    standing = {c.page: c for c in ledger.commits(JOB)}
+    assert standing[3].segment == 2
+    assert ledger.state(JOB).committed == 8
+
+
+def test_the_run_that_resolves_the_last_pages_hands_over_to_the_finalizer(ledger):
+    """10 pages, window 16: pages 1-9 commit one way or another, then the run of page 10
+    returns 'last' and the job is finalizing; a run of a cancelled job is 'closed'."""
+    _create(ledger, total=10, window=16)
+    ledger.start_pages(JOB, list(range(1, 11)), "w1")
+    assert ledger.commit_run(JOB, [_commit(p) for p in range(1, 10)])[0] == "committed"
+    outcome, claimed, pages = ledger.commit_run(JOB, [_commit(10)])
+    assert (outcome, claimed, pages) == ("last", [], {10: "committed"})
+    assert ledger.state(JOB).state == "finalizing"
+
+    ledger.forget(JOB)
+    _create(ledger, total=10, window=16)
+    ledger.start_pages(JOB, [1, 2], "w1")
+    assert ledger.cancel(JOB) in ("cancelled", "finalizing")
+    assert ledger.commit_run(JOB, [_commit(1), _commit(2)]) == \
+        ("closed", [], {1: "closed", 2: "closed"})
+
+
+def test_starting_a_run_skips_what_is_not_its_own(ledger):
+    """A run of pages 1-6: page 2 is committed, page 3 failed for good, page 4 is leased
+    to another live worker; pages 1, 5 and 6 are leased to this worker with their tries
+    counted (page 5's second try), all in one call."""
+    _create(ledger, total=100, window=16)
+    ledger.start_pages(JOB, [2, 3, 5], "w1")
+    ledger.commit(JOB, _commit(2))
+    ledger.fail(JOB, 3, {"page": 3, "error": "404"})
+    ledger.start_pages(JOB, [4], "w2")
+    ledger.release_page(JOB, 5, "w1")
+    before = _commands(ledger)
+    starts = ledger.start_pages(JOB, [1, 2, 3, 4, 5, 6], "w1")
+    scripted = _commands(ledger) - before - 1  # the INFO call counts itself
+    assert [starts[p].reason for p in (2, 3, 4)] == ["committed", "failed", "running elsewhere"]
+    assert [(p, starts[p].run, starts[p].tries) for p in (1, 5, 6)] == \
+        [(1, True, 1), (5, True, 2), (6, True, 1)]
+    owners = ledger.redis.hgetall(ledger.key(JOB, "owner"))
+    assert {p: owners.get(str(p)) for p in (1, 4, 5, 6)} == \
+        {1: "w1", 4: "w2", 5: "w1", 6: "w1"}
+    # One call, and a dozen commands inside it whatever the run's length (not per page).
+    assert scripted <= 14, scripted
+
+
+def test_a_run_costs_the_same_commands_whatever_its_length(ledger):
+    """Starting and committing a run of 4 and a run of 32 pages take the same number of
+    Redis commands (Lua's included), within a few: the cost is per run, not per page."""
+    _create(ledger, total=1000, window=64)
+
+    def cost(pages: list[int]) -> int:
+        before = _commands(ledger)
+        ledger.start_pages(JOB, pages, "w1")
+        ledger.commit_run(JOB, [_commit(p) for p in pages])
+        return _commands(ledger) - before - 1
+
+    short, long = cost(list(range(1, 5))), cost(list(range(5, 37)))
+    assert long - short <= 4, (short, long)
