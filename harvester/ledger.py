@@ -520,10 +520,14 @@ class Ledger:
         _, entries = self._call(self.redis.hscan, self.key(job_id, "failed"), 0, count=count)
         return {int(page): json.loads(record) for page, record in entries.items()}
 
-    def release_page(self, job_id: str, page: int, worker: str) -> None:
-        """A stopping worker gives ``page`` back: queued again, owned by no one."""
-        self.run_script("release", [self.key(job_id, "lease"), self.key(job_id, "owner")],
-                        [page, worker, now_ms() + self.queued_ms])
+    def release_pages(self, job_id: str, pages: list[int], worker: str) -> list[int]:
+        """``worker`` gives ``pages`` back: queued again, owned by no one. Returns the
+        pages it still owned (the caller sends those again)."""
+        if not pages:
+            return []
+        given = self.run_script("release", [self.key(job_id, "lease"), self.key(job_id, "owner")],
+                                [worker, now_ms() + self.queued_ms, *pages])
+        return [int(p) for p in given]
 
     def begin_finalize(self, job_id: str, worker: str) -> bool:
         """Claim the finalizer; False while another live finalizer holds it."""

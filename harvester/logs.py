@@ -141,7 +141,10 @@ def configure(log_format: str = "console", level: int | str = logging.INFO) -> N
     renderer = (structlog.processors.JSONRenderer() if log_format == "json"
                 else structlog.dev.ConsoleRenderer(colors=False))
     structlog.configure(
-        processors=[*shared, QUIET, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Below the level an event stops at once, before any processor (a page's
+        # INFO line at HARVEST_LOG_LEVEL=WARNING then costs a level check, no more).
+        processors=[structlog.stdlib.filter_by_level, *shared, QUIET,
+                    structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,

@@ -209,8 +209,7 @@ class PageRunner:
                         claims += claimed
                         if done == "last":
                             self.dispatcher.send_finalize(job_id)
-                    for left in runnable[index:]:
-                        self.ledger.release_page(job_id, left, self.worker_name)
+                    self.ledger.release_pages(job_id, runnable[index:], self.worker_name)
                     raise
                 claims += claimed
                 if len(claims) >= cost.run_pages(self.settings.run_pages):
@@ -221,6 +220,14 @@ class PageRunner:
                 if outcome not in ("committed", "failed", "duplicate", "written"):
                     # The job ended, closed or aborted: the rest of the run is moot (a
                     # page still needed keeps a lease no one renews: the reaper sends it).
+                    break
+                rest = runnable[index + 1:]
+                if rest and cost.run_pages(self.settings.run_pages) == 1:
+                    # Its pages are large or slow: the rest of the run goes on alone, a
+                    # message a page, so other threads share it instead of waiting.
+                    outcome, claimed = self._hand_back(job_id, spec, rest, written, failures,
+                                                       outcome)
+                    claims += claimed
                     break
             if written:
                 outcome, claimed = self._commit_written(job_id, spec, written, failures)
@@ -277,6 +284,22 @@ class PageRunner:
                 break
             outcome, own = self._commit(job_id, spec, w.page, w.link, w.fetched, w.sent)
             claimed = claimed + own
+        return outcome, claimed
+
+    def _hand_back(self, job_id: str, spec: JobSpec, rest: list[int],
+                   written: list[_Written] | None, failures: list[PageFailed],
+                   outcome: str) -> tuple[str, list[int]]:
+        """Commit what the run wrote, give ``rest`` back as single-page messages; returns
+        the outcome and the pages the commit claimed (for the caller to send)."""
+        claimed: list[int] = []
+        if written:
+            outcome, claimed = self._commit_written(job_id, spec, written, failures)
+            if outcome == "last":
+                self.dispatcher.send_finalize(job_id)
+        given = self.ledger.release_pages(job_id, rest, self.worker_name)
+        log.info("run.handed_back", pages=len(given))
+        for page in given:
+            self.dispatcher.send_page(job_id, page)
         return outcome, claimed
 
     def _harvest_alone(self, job_id: str, spec: JobSpec, pages: list[_Written],

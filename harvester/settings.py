@@ -49,14 +49,14 @@ class Settings:
     # How long a final job's ledger stays in Redis (0 = for ever); then it expires.
     keep_seconds: float = 30 * 86400
     # Most pages one task message carries (see harvester.runs); 1 = a message a page.
-    run_pages: int = 8
+    run_pages: int = 32
 
     @classmethod
     def from_env(cls) -> "Settings":
         home = Path(os.environ.get("HARVEST_HOME") or
                     Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
                     / "harvester")
-        window = _int("HARVEST_WINDOW", 256)
+        window = _int("HARVEST_WINDOW", 1024)
         return cls(
             redis_url=os.environ.get("HARVEST_REDIS_URL") or DEFAULT_REDIS_URL,
             window=window,

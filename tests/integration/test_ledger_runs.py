@@ -114,7 +114,8 @@ def test_starting_a_run_skips_what_is_not_its_own(ledger):
     ledger.commit(JOB, _commit(2))
     ledger.fail(JOB, 3, {"page": 3, "error": "404"})
     ledger.start_pages(JOB, [4], "w2")
-    ledger.release_page(JOB, 5, "w1")
+    # Only its own page goes back: page 4 is w2's.
+    assert ledger.release_pages(JOB, [5, 4], "w1") == [5]
     before = _commands(ledger)
     starts = ledger.start_pages(JOB, [1, 2, 3, 4, 5, 6], "w1")
     scripted = _commands(ledger) - before - 1  # the INFO call counts itself

@@ -21,8 +21,10 @@ def test_pages_split_into_even_runs_in_order(count, most, sizes):
 
 
 def test_the_default_run_size_follows_the_window():
-    """About 32 runs fill the window, so 32 threads stay busy: 256 -> 8, bounded 1..32."""
+    """About 32 runs fill the window, so 32 threads stay busy: 256 -> 8, the default
+    1024 -> 32, bounded 1..32."""
     assert default_run_pages(256) == 8
+    assert default_run_pages(1024) == 32
     assert default_run_pages(16) == 1
     assert default_run_pages(1 << 20) == 32
 
