@@ -222,9 +222,9 @@ class PageRunner:
                     # page still needed keeps a lease no one renews: the reaper sends it).
                     break
                 rest = runnable[index + 1:]
-                if rest and cost.run_pages(self.settings.run_pages) == 1:
-                    # Its pages are large or slow: the rest of the run goes on alone, a
-                    # message a page, so other threads share it instead of waiting.
+                if rest and index + 1 >= cost.run_pages(self.settings.run_pages):
+                    # Its pages are slow: past about a second of work, the rest of the
+                    # run goes a message a page, so other threads share it.
                     outcome, claimed = self._hand_back(job_id, spec, rest, written, failures,
                                                        outcome)
                     claims += claimed

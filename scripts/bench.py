@@ -143,7 +143,8 @@ class Cluster:
                  profile: Path | None = None):
         self.workdir = workdir
         self.level = level  # compress_level; None = the job default
-        self.profile = profile  # a py-spy flame graph of one worker, for the small pages
+        self.profile = profile  # a py-spy flame graph of one worker, for one scenario
+        self.profile_scenario = "small"
         self.redis = RedisServer(workdir / "redis").start()
         env = {**os.environ, "HARVEST_HOME": str(workdir / "home"), "HARVEST_LOG_LEVEL": "WARNING"}
         self.env = {**env, "HARVEST_REDIS_URL": self.redis.url}
@@ -185,7 +186,7 @@ class Cluster:
         if watcher is not None:
             time.sleep(0.5)
         spy = None
-        if self.profile and name == "small":
+        if self.profile and name == self.profile_scenario:
             # Every thread of the first worker, native frames off: where its CPU goes.
             spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(worker_pids[0]),
                                     "--subprocesses", "--rate", "250", "--format",
@@ -317,6 +318,8 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None, metavar="SVG",
                         help="write a py-spy flame graph of one worker during the small pages"
                              " (collapsed stacks if the name ends in .txt)")
+    parser.add_argument("--profile-scenario", default="small",
+                        help="the scenario --profile samples: small (default), mb, big, chain")
     parser.add_argument("--compress-level", type=int, default=None,
                         help="the jobs' compress_level (default: the job default)")
     parser.add_argument("--repeat", type=int, default=1,
@@ -333,6 +336,7 @@ def main() -> None:
     with start_demo_api(cache_mb=512) as api:
         cluster = Cluster(workdir, args.workers, args.threads, args.compress_level,
                           args.profile)
+        cluster.profile_scenario = args.profile_scenario
         try:
             if "small" not in args.skip:
                 params = {"per_page": 10, "pad": 950}

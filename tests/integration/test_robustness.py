@@ -260,24 +260,23 @@ def _tree_pids(pid: int) -> set[int]:
 
 
 
-def test_a_run_of_large_pages_goes_on_as_single_pages(api, job_file, harvest, redis_server,
-                                                      workers, tmp_path):
-    """40 pages of ~1.2 MB leave the coordinator as runs of 20 (HARVEST_RUN_PAGES). The
-    first page of each run shows its pages are large: the rest of the run is handed
-    back as single-page tasks, which the other threads share. Celery's events show
-    every page in exactly one started task and single-page tasks for most pages; the
-    output holds every page exactly once."""
+def test_a_run_of_slow_pages_goes_on_as_single_pages(job_file, harvest, redis_server,
+                                                     workers, tmp_path):
+    """40 pages that take 0.4 s each leave the coordinator as runs of 20
+    (HARVEST_RUN_PAGES). A run keeps its thread for about a second of work: after two
+    pages it hands the rest back as single-page tasks, which the other threads share.
+    Celery's events show every handed-back page in exactly one single-page task and
+    the output holds every page exactly once."""
     from support.events import TaskEvents
 
     from harvester.dispatch import PAGE_TASK, RUN_TASK
 
     workers.env["HARVEST_RUN_PAGES"] = "20"
+    harvest.env["HARVEST_RUN_PAGES"] = "20"
     workers.start()
-    job = job_file(url=f"{api.url}/items", params={"per_page": 1000, "pad": 1100,
-                                                    "pages": 40},
-                   pagination='style = "page"\npages = 40')
-    with TaskEvents(redis_server.url) as events:
-        harvest.env["HARVEST_RUN_PAGES"] = "20"
+    with start_demo_api(latency_ms=400) as slow_api, TaskEvents(redis_server.url) as events:
+        job = job_file(url=f"{slow_api.url}/items", params={"per_page": 5, "pages": 40},
+                       pagination='style = "page"\npages = 40')
         result = harvest("run", str(job), redis_url=redis_server.url, timeout=300)
         assert result.returncode == 0, result.stderr
         events.wait_for(lambda e: len(e.tasks(PAGE_TASK)) >= 30)
@@ -287,4 +286,4 @@ def test_a_run_of_large_pages_goes_on_as_single_pages(api, job_file, harvest, re
     single_pages = sorted(args[1] for args in singles.values())
     assert len(single_pages) == len(set(single_pages)), "a page was handed back twice"
     assert len(single_pages) >= 30, single_pages
-    assert_exactly_once(tmp_path / "out", range(1, 41), per_page=1000)
+    assert_exactly_once(tmp_path / "out", range(1, 41))

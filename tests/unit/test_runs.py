@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harvester.runs import ALONE_BYTES, PageCost, default_run_pages, split_runs
+from harvester.runs import PageCost, default_run_pages, split_runs
 
 
 @pytest.mark.parametrize(("count", "most", "sizes"), [
@@ -29,20 +29,23 @@ def test_the_default_run_size_follows_the_window():
     assert default_run_pages(1 << 20) == 32
 
 
-def test_large_or_slow_pages_go_alone():
-    """Small fast pages travel in runs; once pages average over 1 MiB or half a second
-    they go one per message, and back to runs when they are small again."""
+def test_runs_hold_about_a_second_of_work():
+    """Runs are as long as fit in about a second of work: fast pages (10 KB or 1 MB
+    alike) travel ``most`` to a message; pages of 0.4 s go two at a time, pages of two
+    seconds alone; and back to long runs when pages are fast again."""
     cost = PageCost()
-    assert cost.run_pages(8) == 8  # nothing known yet
+    assert cost.run_pages(32) == 32  # nothing known yet
     cost.add(0.01, 10_000)
-    assert cost.run_pages(8) == 8
-    cost.add(0.05, 4 * ALONE_BYTES)
-    for _ in range(3):
-        cost.add(0.05, 4 * ALONE_BYTES)
-    assert cost.run_pages(8) == 1
+    assert cost.run_pages(32) == 32
+    big = PageCost()
+    big.add(0.02, 1_100_000)
+    assert big.run_pages(32) == 32, "size alone never splits a run"
     for _ in range(40):
-        cost.add(0.01, 10_000)
-    assert cost.run_pages(8) == 8
+        cost.add(0.4, 10_000)
+    assert cost.run_pages(32) == 2
     slow = PageCost()
     slow.add(2.0, 100)
-    assert slow.run_pages(8) == 1
+    assert slow.run_pages(32) == 1
+    for _ in range(60):
+        slow.add(0.01, 10_000)
+    assert slow.run_pages(32) == 32
