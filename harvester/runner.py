@@ -178,6 +178,7 @@ class PageRunner:
             len(runnable) > 1 and pagination.is_fan_out(spec)) else None
         claims: list[int] = []
         failures: list[PageFailed] = []
+        handed_back: set[int] = set()
         outcome = "skipped"
         # Retries and pauses happen inside the task, which must end well within
         # kombu's visibility timeout, or the broker would deliver the run again.
@@ -226,7 +227,7 @@ class PageRunner:
                     # Its pages are slow: past about a second of work, the rest of the
                     # run goes a message a page, so other threads share it.
                     outcome, claimed = self._hand_back(job_id, spec, rest, written, failures,
-                                                       outcome)
+                                                       outcome, handed_back)
                     claims += claimed
                     break
             if written:
@@ -243,7 +244,8 @@ class PageRunner:
         finally:
             # Pages written but not committed keep their leases until the end of the run.
             for page in runnable:
-                self.in_flight.remove(job_id, page)
+                if page not in handed_back:
+                    self.in_flight.remove(job_id, page)
             # Pages claimed so far are leased to the queue: send them whatever happens,
             # or they would wait for the reaper.
             if claims:
@@ -288,7 +290,7 @@ class PageRunner:
 
     def _hand_back(self, job_id: str, spec: JobSpec, rest: list[int],
                    written: list[_Written] | None, failures: list[PageFailed],
-                   outcome: str) -> tuple[str, list[int]]:
+                   outcome: str, handed_back: set[int]) -> tuple[str, list[int]]:
         """Commit what the run wrote, give ``rest`` back as single-page messages; returns
         the outcome and the pages the commit claimed (for the caller to send)."""
         claimed: list[int] = []
@@ -296,6 +298,10 @@ class PageRunner:
             outcome, claimed = self._commit_written(job_id, spec, written, failures)
             if outcome == "last":
                 self.dispatcher.send_finalize(job_id)
+        for page in rest:
+            # No longer this task's: the heartbeat must not renew their leases.
+            self.in_flight.remove(job_id, page)
+        handed_back.update(rest)
         given = self.ledger.release_pages(job_id, rest, self.worker_name)
         log.info("run.handed_back", pages=len(given))
         for page in given:
@@ -345,9 +351,11 @@ class PageRunner:
             structlog.contextvars.bind_contextvars(attempt=attempt, task_try=task_try)
             try:
                 # With no limits set, the limiter only enforces Retry-After pauses:
-                # skip its round trip when start_pages saw none and this is the first try.
+                # skip its round trip unless a pause may hold (start_pages saw one, or
+                # this process's view of the job, at most 0.1 s old, shows one).
                 limited = paused or attempt > 1 or spec.limits.rate_per_second is not None \
-                    or spec.limits.max_in_flight is not None
+                    or spec.limits.max_in_flight is not None \
+                    or self.limiter.maybe_paused(job_id)
                 fetched = self.fetcher.fetch(job_id, spec, page, link, limited=limited,
                                              total=total, sync=written is None)
             except Abandoned:

@@ -44,12 +44,6 @@ def _bucket(job_id: str, page: int) -> str:
     return f"hv:{{{job_id}}}:c:{page // 128}"
 
 
-def _running_pages(client: redis.Redis, job_id: str) -> list[int]:
-    """Pages leased by a worker that started them (queued pages have far longer leases)."""
-    horizon = time.time() * 1000 + 60_000
-    return [int(p) for p in client.zrangebyscore(f"hv:{{{job_id}}}:lease", 0, horizon) if p != "0"]
-
-
 def _worker_pids(harvest_pid: int) -> list[int]:
     pids = []
     for child in psutil.Process(harvest_pid).children():
@@ -83,14 +77,18 @@ def test_worker_trees_killed_three_times(job_file, harvest, tmp_path):
             while len(pids) < 2 and time.monotonic() < deadline:
                 pids = _worker_pids(process.pid)
                 time.sleep(0.2)
-            running = _running_pages(client, job_id)
+            # The victim's own pages (a run leases all its pages when it starts; pages
+            # that other workers' runs hold, or handed back, are not the victim's).
+            doomed = _tree_pids(pids[0])
+            running = [page for page, owner in client.hgetall(f"hv:{{{job_id}}}:owner").items()
+                       if any(owner.endswith(f"-{pid}") for pid in doomed)]
             kill_tree(pids[0])
             kills.append((time.monotonic(), set(running)))
         recoveries = [None] * len(kills)
         while None in recoveries and time.monotonic() - kills[0][0] < 120:
             for index, (killed_at, pages) in enumerate(kills):
                 if recoveries[index] is None and all(
-                        client.hexists(_bucket(job_id, p), p) for p in pages):
+                        client.hexists(_bucket(job_id, int(p)), p) for p in pages):
                     recoveries[index] = time.monotonic() - killed_at
             time.sleep(0.2)
         assert all(kill[1] for kill in kills), "every kill hit a worker with running pages"
