@@ -13,7 +13,7 @@ from typing import Iterator
 from . import coordinator
 from .job import load_job
 from .local import LocalCluster
-from .outdir import check_output_dir
+from .store import open_store
 from .settings import Settings, ledger_for
 from .watch import EXIT_FAILED_PAGES, EXIT_OK, exit_code, watch
 
@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
              " when the command ends)")
         return EXIT_USAGE
     spec = load_job(args.job)
-    check_output_dir(spec.output.dir, args.job)  # exits 2 before any broker is needed
+    open_store(spec.output.dir).check_new(args.job)  # exits 2 before any broker is needed
     with context(args.local, args.workers, args.threads) as ctx:
         if args.local:
             _settle_orphans(ctx)

@@ -18,7 +18,7 @@ from .amendment import amend
 from .errors import HarvesterError, JobSpecError
 from .job import JobSpec
 from .ledger import FINAL_STATES, Ledger
-from .outdir import claim_output_dir
+from .store import open_store
 from .runner import Dispatcher
 from .settings import Settings
 
@@ -38,8 +38,9 @@ def submit(spec: JobSpec, ledger: Ledger, dispatcher: Dispatcher, settings: Sett
             f" ({settings.visibility_timeout:g} s, HARVEST_VISIBILITY_TIMEOUT), or a healthy"
             " page would be delivered twice", path=job_path, key="http.page_deadline")
     job_id = new_job_id(spec)
-    out_dir = claim_output_dir(spec.output.dir, job_id, job_path)
-    spec = replace(spec, output=replace(spec.output, dir=str(out_dir)))
+    store = open_store(spec.output.dir)
+    store.claim(job_id, job_path)
+    spec = replace(spec, output=replace(spec.output, dir=store.location))
     # A chain, or a fan-out that learns its total from page 1, starts with page 1
     # alone; the pages it names (or counts) are added as it commits.
     total = pagination.known_total(spec) if pagination.is_fan_out(spec) else None

@@ -78,8 +78,12 @@ class LocalClusterError(HarvesterError):
 
 
 class StorageError(HarvesterError):
-    def __init__(self, message: str, *, path: str | None = None):
+    """A segment, part or output file could not be written or read; ``retryable`` when
+    trying again may work (a full disk freed, an object store's 503 or lost connection)."""
+
+    def __init__(self, message: str, *, path: str | None = None, retryable: bool = True):
         self.path = path
+        self.retryable = retryable
         super().__init__(f"{path}: {message}" if path else message)
 
 

@@ -16,7 +16,6 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 
 import requests
 
@@ -32,7 +31,8 @@ from .pagebody import BodyResult, PageBody, is_json_lines
 from .pagination import Link
 from .secrets import MissingSecret, SecretSet, resolve
 from .settings import Settings
-from .storage import SEGMENTS_DIR, SegmentWriter
+from .store import Store, open_store
+from .store.base import SEGMENTS_DIR, Segment
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Fetched:
 @dataclass
 class _JobResources:
     session: requests.Session
-    segment: SegmentWriter | None = None
+    segment: Segment | None = None
     segment_id: int = 0
 
 
@@ -79,6 +79,7 @@ class PageFetcher:
         self._local = _ThreadResources()
         self._secret_sets: dict[str, SecretSet] = {}
         self._origins: dict[str, Origin] = {}
+        self._stores: dict[str, Store] = {}
 
     def fetch(self, job_id: str, spec: JobSpec, page: int, link: Link | None, *,
               limited: bool = True, total: int | None = None, sync: bool = True) -> Fetched:
@@ -217,7 +218,13 @@ class PageFetcher:
         jobs.move_to_end(job_id)
         return resources
 
-    def _segment(self, job_id: str, spec: JobSpec, resources: _JobResources) -> SegmentWriter:
+    def _store(self, job_id: str, spec: JobSpec) -> Store:
+        found = self._stores.get(job_id)
+        if found is None:
+            found = self._stores[job_id] = open_store(spec.output.dir)
+        return found
+
+    def _segment(self, job_id: str, spec: JobSpec, resources: _JobResources) -> Segment:
         segment = resources.segment
         if segment is not None and not segment.unlinked:
             return segment
@@ -228,8 +235,8 @@ class PageFetcher:
                     f"{token_source.token_hex(3)}.seg")
         # Registered first: a segment whose id the ledger does not know is never used.
         segment_id = self.ledger.register_segment(job_id, relative)
-        resources.segment = SegmentWriter(Path(spec.output.dir) / relative,
-                                          fsync=self.settings.fsync)
+        resources.segment = self._store(job_id, spec).segment_writer(
+            relative, fsync=self.settings.fsync)
         resources.segment_id = segment_id
         return resources.segment
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
+from .store.base import is_object_store, split_s3_url
 from .errors import JobSpecError, UnsafeURL
 from .origin import check_api_url
 from .secrets import TEMPLATE
@@ -485,5 +486,12 @@ def load_job(path: str | Path, base_dir: str | Path | None = None) -> JobSpec:
     except tomllib.TOMLDecodeError as exc:
         raise JobSpecError(f"not valid TOML: {exc}", path=str(path)) from None
     spec = parse_job(document, str(path))
+    if is_object_store(spec.output.dir):
+        try:
+            split_s3_url(spec.output.dir)
+        except JobSpecError as exc:
+            raise JobSpecError(str(exc).split(": ", 1)[-1], path=str(path),
+                               key="output.dir") from None
+        return spec
     out_dir = Path(os.path.join(base_dir or os.getcwd(), spec.output.dir))
     return replace(spec, output=replace(spec.output, dir=str(out_dir)))

@@ -21,8 +21,8 @@ import tempfile
 from pathlib import Path
 
 from .errors import JobSpecError, OutputDirError, StorageError
+from .store.base import CLAIM_FILE
 
-CLAIM_FILE = ".harvest-job"
 MANIFEST = "_manifest.json"
 SYSTEM_DIRS = frozenset(map(Path, (
     "/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib32", "/lib64", "/libx32",

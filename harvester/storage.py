@@ -24,10 +24,13 @@ from zlib_ng import zlib_ng
 
 from .errors import StorageError
 from .outdir import inside
+from .store.base import SEGMENTS_DIR, Piece, SealedPart
+
+__all__ = ["SEGMENTS_DIR", "Member", "PageMember", "Piece", "SealedPart", "SegmentWriter",
+           "compressor", "file_sha256", "fsync_dir", "write_part"]
 
 # mtime 0 and OS 255 ("unknown") keep members byte-identical for the same input.
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-SEGMENTS_DIR = ".segments"
 
 
 @dataclass(frozen=True)
@@ -185,20 +188,6 @@ def _storage_error(exc: OSError, path: Path) -> StorageError:
 
 # ------------------------------------------------------------------- sealing
 
-@dataclass(frozen=True)
-class Piece:
-    """A committed member to copy: ``length`` bytes at ``offset`` of ``segment``."""
-
-    segment: str  # path relative to the output dir
-    offset: int
-    length: int
-
-
-@dataclass(frozen=True)
-class SealedPart:
-    name: str
-    compressed_bytes: int
-    sha256: str
 
 
 def write_part(out_dir: Path, name: str, pieces: list[Piece]) -> SealedPart:

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .body import BodyInspector
-from .errors import InvalidJSON, OutputDirError, VerifyError
+from .errors import InvalidJSON, OutputDirError, StorageError, VerifyError
 from .finalizer import read_manifest
 from .manifest import FAILED, SUCCESS, expand_ranges
+from .store import Store, open_store
 
 _PAGE_KEY = re.compile(rb'^\{"page":(\d+),')
 
@@ -43,16 +44,17 @@ class Report:
 
 
 def verify(directory: str | Path) -> Report:
-    """Check ``directory`` is intact; the report says whether it is also complete.
+    """Check ``directory`` (a local directory or ``s3://bucket/prefix``) is intact; the
+    report says whether it is also complete.
 
     Raises :class:`VerifyError` for damage (a shard cut short, a checksum that
     does not match, a page twice), :class:`OutputDirError` without a manifest.
     """
-    out_dir = Path(directory)
+    out_dir = open_store(str(directory))
     manifest = read_manifest(out_dir)
     if manifest is None:
         raise OutputDirError("has no _manifest.json: not the output of a finished harvest",
-                             path=str(out_dir))
+                             path=out_dir.location)
     counts = manifest["pages"]
     report = Report(job_id=manifest.get("job_id", ""), state=manifest.get("state", ""),
                     failed=counts["failed"], pending=counts["pending"],
@@ -64,27 +66,26 @@ def verify(directory: str | Path) -> Report:
         _check_shard(out_dir, shard, pages_mode, seen, report)
     if pages_mode and len(seen) != counts["ok"]:
         report.problems.append(f"manifest says {counts['ok']} pages ok, shards hold {len(seen)}")
-    failed_path = out_dir / FAILED
-    failed_lines = failed_path.read_bytes().splitlines() if failed_path.exists() else []
+    failed_lines = (out_dir.read(FAILED) or b"").splitlines()
     if len(failed_lines) != counts["failed"]:
         report.problems.append(f"{FAILED} has {len(failed_lines)} lines, manifest says"
                                f" {counts['failed']} failed")
-    success = (out_dir / SUCCESS).exists()
+    success = out_dir.exists(SUCCESS)
     complete = counts["failed"] == 0 and counts["pending"] == 0 and manifest["state"] == "done"
     if success and not complete:
         report.problems.append(f"{SUCCESS} present but not every page is committed")
     if complete and not success:
         report.problems.append(f"every page is committed but {SUCCESS} is missing")
     if report.problems:
-        raise VerifyError(str(out_dir), report.problems)
+        raise VerifyError(out_dir.location, report.problems)
     return report
 
 
-def _check_shard(out_dir: Path, shard: dict, pages_mode: bool, seen: set[int],
+def _check_shard(out_dir: Store, shard: dict, pages_mode: bool, seen: set[int],
                  report: Report) -> None:
     name = shard["name"]
-    path = out_dir / name
-    if "/" in name or name.startswith(".") or not path.is_file():
+    blocks = None if "/" in name or name.startswith(".") else out_dir.stream(name)
+    if blocks is None:
         report.problems.append(f"{name}: missing")
         return
     digest = hashlib.sha256()
@@ -94,28 +95,27 @@ def _check_shard(out_dir: Path, shard: dict, pages_mode: bool, seen: set[int],
     found_pages: list[int] = []
     in_member = False
     try:
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                size += len(block)
-                digest.update(block)
-                data = block
-                while data:
-                    in_member = True
-                    # max_length keeps memory flat even for pages that compress 1000:1.
-                    out = decompressor.decompress(data, 1 << 20)
-                    raw += len(out)
-                    lines += line.feed(out, found_pages)
-                    if decompressor.eof:
-                        # A new gzip member follows the one just finished.
-                        data = decompressor.unused_data
-                        decompressor = zlib.decompressobj(31)
-                        in_member = False
-                    else:
-                        data = decompressor.unconsumed_tail
+        for block in blocks:
+            size += len(block)
+            digest.update(block)
+            data = block
+            while data:
+                in_member = True
+                # max_length keeps memory flat even for pages that compress 1000:1.
+                out = decompressor.decompress(data, 1 << 20)
+                raw += len(out)
+                lines += line.feed(out, found_pages)
+                if decompressor.eof:
+                    # A new gzip member follows the one just finished.
+                    data = decompressor.unused_data
+                    decompressor = zlib.decompressobj(31)
+                    in_member = False
+                else:
+                    data = decompressor.unconsumed_tail
         if in_member:
             raise zlib.error("gzip stream ends mid-member: the shard is cut short")
         line.finish()
-    except (zlib.error, InvalidJSON) as exc:
+    except (zlib.error, InvalidJSON, StorageError) as exc:
         report.problems.append(f"{name}: {exc}")
         return
     if size != shard["compressed_bytes"]:

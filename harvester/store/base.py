@@ -1,0 +1,150 @@
+"""The store interface: the few operations a job's output needs.
+
+A store holds a job's *files* (``_manifest.json``, ``_failed.jsonl``, ``_SUCCESS``,
+the claim and the finalizer's plan), its *segments* (what workers write, under
+``.segments/<job>/``) and its *parts* (what the finalizer seals). Every write of a
+file or part is whole or absent: a reader never sees half of one.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+from urllib.parse import urlsplit
+
+from ..errors import JobSpecError
+
+SEGMENTS_DIR = ".segments"
+CLAIM_FILE = ".harvest-job"
+
+
+def is_object_store(location: str) -> bool:
+    return location.startswith("s3://")
+
+
+# S3's rule for bucket names (3-63 lowercase letters, digits, dots and hyphens).
+_BUCKET = __import__("re").compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket/prefix`` as (bucket, prefix); JobSpecError (key output.dir) for
+    anything else, credentials in the URL above all: they come from the environment."""
+    parts = urlsplit(url)
+    if "@" in parts.netloc:
+        raise JobSpecError("holds credentials: give them as AWS_ACCESS_KEY_ID and"
+                           " AWS_SECRET_ACCESS_KEY in the environment, never in the job file",
+                           key="output.dir")
+    if parts.scheme != "s3" or not _BUCKET.fullmatch(parts.netloc or "") or parts.query \
+            or parts.fragment:
+        raise JobSpecError(f"{url!r} is not an s3://bucket/prefix location (bucket names are"
+                           " 3-63 lowercase letters, digits, dots and hyphens)",
+                           key="output.dir")
+    prefix = parts.path.strip("/")
+    if prefix and any(segment in ("", ".", "..") for segment in prefix.split("/")):
+        raise JobSpecError(f"{url!r}: the prefix may not hold empty, '.' or '..' parts",
+                           key="output.dir")
+    return parts.netloc, prefix
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A committed member to copy: ``length`` bytes at ``offset`` of ``segment``."""
+
+    segment: str  # path relative to the output dir
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class SealedPart:
+    name: str
+    compressed_bytes: int
+    sha256: str
+
+
+class Segment(Protocol):
+    """An append-only segment one worker thread writes (see :mod:`harvester.storage`)."""
+
+    size: int
+
+    @property
+    def unlinked(self) -> bool:
+        """True when the segment takes no more pages (sealed by the finalizer, or, in
+        an object store, uploaded): the writer starts a new one."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def sync(self) -> None:
+        """Make every byte written so far durable (fsync, or the upload)."""
+
+    def truncate(self, size: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Store(ABC):
+    location: str  # an absolute directory or s3://bucket/prefix, as the ledger keeps it
+
+    # ------------------------------------------------------------- claiming
+
+    @abstractmethod
+    def check_new(self, job_path: str | None = None) -> None:
+        """Refuse (OutputDirError/JobSpecError) a location that holds anything, or
+        cannot be written."""
+
+    @abstractmethod
+    def claim(self, job_id: str, job_path: str | None = None) -> None:
+        """Check and claim the location for ``job_id`` (refused if another job has it)."""
+
+    @abstractmethod
+    def claimed_by(self) -> str | None:
+        """The job that claimed the location, if any."""
+
+    # ---------------------------------------------------------------- files
+
+    @abstractmethod
+    def read(self, name: str) -> bytes | None:
+        """A file's bytes, or None when it is absent."""
+
+    @abstractmethod
+    def write(self, name: str, data: bytes) -> None:
+        """Write a file whole (atomically: a reader sees the old one or the new one)."""
+
+    @abstractmethod
+    def delete(self, name: str) -> None:
+        """Remove a file (absent is fine)."""
+
+    def exists(self, name: str) -> bool:
+        return self.read(name) is not None
+
+    def flush(self) -> None:
+        """Make the files' names durable (a directory fsync); nothing for S3."""
+
+    # ------------------------------------------------------------- segments
+
+    @abstractmethod
+    def segment_writer(self, relative: str, *, fsync: bool) -> Segment:
+        """A new segment at ``relative`` (under ``.segments/``) for one worker thread."""
+
+    @abstractmethod
+    def remove_segments(self, relatives: list[str]) -> None:
+        """Drop sealed segments (absent ones are fine)."""
+
+    @abstractmethod
+    def remove_work(self, job_id: str) -> None:
+        """Drop the job's segment area (what is left: plans, unreferenced segments)."""
+
+    # ---------------------------------------------------------------- parts
+
+    @abstractmethod
+    def write_part(self, name: str, pieces: list[Piece]) -> SealedPart:
+        """Copy ``pieces`` into part ``name``, whole or not at all; returns its digest."""
+
+    @abstractmethod
+    def stream(self, name: str) -> Iterator[bytes] | None:
+        """A file or part's bytes in blocks (None when absent), for verify."""
+
+    @abstractmethod
+    def names(self) -> list[str]:
+        """Every top-level name in the location (parts and files, not segments)."""
