@@ -94,13 +94,15 @@ def start_demo_api(
     cache_mb: int | None = None,
     port: int | None = None,
     startup_timeout: float = 20.0,
+    wrap: list[str] | None = None,
 ) -> DemoServer:
     """Start the demo API and return once it answers on ``DemoServer.url``.
 
     The token travels in ``DEMO_API_TOKEN``, not on the command line where
     ``ps`` would show it. ``port=None`` lets the server pick a free port.
     """
-    command = [sys.executable, "-m", "harvester.demo", "--host", host, "--port", str(port or 0)]
+    command = [*(wrap or []), sys.executable, "-m", "harvester.demo", "--host", host,
+               "--port", str(port or 0)]
     if latency_ms:
         command += ["--latency-ms", str(latency_ms)]
     if faults:

@@ -23,8 +23,9 @@ class S3Server:
     brings it back on the same port (moto keeps its buckets in memory: a restart
     empties it)."""
 
-    def __init__(self, log_dir: Path, host: str = "127.0.0.1"):
+    def __init__(self, log_dir: Path, host: str = "127.0.0.1", wrap: list[str] | None = None):
         self.host = host
+        self.wrap = wrap or []
         self.port = free_port()
         self.log_dir = log_dir
         self.process: subprocess.Popen | None = None
@@ -41,7 +42,8 @@ class S3Server:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / "moto.log", "ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+            [*self.wrap, sys.executable, "-m", "moto.server", "-H", self.host, "-p",
+             str(self.port)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             env={**os.environ, **CREDENTIALS})
         log.close()

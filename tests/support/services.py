@@ -42,26 +42,30 @@ def free_port() -> int:
 class RedisServer:
     """A private redis-server with AOF on, in ``data_dir``; restartable on the same port."""
 
-    def __init__(self, data_dir: Path, *, password: str | None = None, appendonly: bool = True):
+    def __init__(self, data_dir: Path, *, password: str | None = None, appendonly: bool = True,
+                 host: str = "127.0.0.1", wrap: list[str] | None = None):
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed: run scripts/setup")
         self.data_dir = data_dir
         self.port = free_port()
         self.password = password
         self.appendonly = appendonly
+        self.host = host
+        self.wrap = wrap or []  # e.g. ["ip", "netns", "exec", NS]: another host
         self.process: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, password=self.password, decode_responses=True)
+        return redis.Redis(host=self.host, port=self.port, password=self.password,
+                           decode_responses=True)
 
     def start(self) -> "RedisServer":
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        command = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+        command = [*self.wrap, "redis-server", "--port", str(self.port), "--bind", self.host,
                    "--dir", str(self.data_dir), "--save", "",
                    "--appendonly", "yes" if self.appendonly else "no",
                    "--appendfsync", "always", "--logfile", "redis.log"]
@@ -108,8 +112,9 @@ class Workers:
     """``harvest worker`` processes against one broker, each in its own process group."""
 
     def __init__(self, redis_url: str, env: dict[str, str], log_dir: Path,
-                 *, count: int = 2, threads: int = 4):
+                 *, count: int = 2, threads: int = 4, wrap: list[str] | None = None):
         self.redis_url = redis_url
+        self.wrap = wrap or []  # e.g. ["ip", "netns", "exec", NS]: another host
         self.env = {**env, "HARVEST_REDIS_URL": redis_url}
         self.log_dir = log_dir
         self.count = count
@@ -122,11 +127,11 @@ class Workers:
             self.add()
         return self
 
-    def add(self) -> subprocess.Popen:
+    def add(self, wrap: list[str] | None = None) -> subprocess.Popen:
         index = len(self.processes)
         log = open(self.log_dir / f"worker-{index}.log", "ab")
         process = subprocess.Popen(
-            [*HARVEST, "worker", "-c", str(self.threads), "-n", f"test{index}-{os.getpid()}@%h"],
+            [*(self.wrap if wrap is None else wrap), *HARVEST, "worker", "-c", str(self.threads), "-n", f"test{index}-{os.getpid()}@%h"],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, cwd=REPO_ROOT)
         log.close()
