@@ -14,7 +14,7 @@ import secrets as token_source
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import requests
@@ -59,6 +59,10 @@ class _JobResources:
     session: requests.Session
     segment: Segment | None = None
     segment_id: int = 0
+    # Pages written with sync=False since the last sync(), and segments replaced
+    # while holding some: sync() must make those durable too (or fail).
+    unsynced_pages: int = 0
+    retired: list[Segment] = field(default_factory=list)
 
 
 class _ThreadResources(threading.local):
@@ -156,6 +160,8 @@ class PageFetcher:
                     exc.attempts = exc.attempts or response.attempts
                     raise
                 location = member.commit(sync=sync)
+                if not sync:
+                    resources.unsynced_pages += 1
             except BaseException:
                 member.abort()
                 raise
@@ -164,10 +170,22 @@ class PageFetcher:
         return Fetched(commit=commit, following=following, requests_sent=response.attempts)
 
     def sync(self, job_id: str) -> None:
-        """Make every page this thread wrote for ``job_id`` durable (one fsync)."""
+        """Make every page this thread wrote for ``job_id`` durable (one fsync, or one
+        upload), in a segment replaced meanwhile too; StorageError if any cannot be."""
         resources = self._local.jobs.get(job_id)
-        if resources is not None and resources.segment is not None:
-            resources.segment.sync()
+        if resources is None:
+            return
+        retired, resources.retired = resources.retired, []
+        try:
+            for old in retired:
+                old.sync()
+            if resources.segment is not None:
+                resources.segment.sync()
+        finally:
+            # Synced, or lost: the caller commits them now or harvests them again.
+            resources.unsynced_pages = 0
+            for old in retired:
+                old.close()
 
     def discard(self, job_id: str, commit: Commit) -> None:
         """Cut a page written but never committed (a duplicate, a closed job) off again.
@@ -229,7 +247,10 @@ class PageFetcher:
         if segment is not None and not segment.unlinked:
             return segment
         if segment is not None:
-            segment.close()
+            if resources.unsynced_pages and not segment.settled:
+                resources.retired.append(segment)  # its pages wait for sync()
+            else:
+                segment.close()
         resources.segment = None
         relative = (f"{SEGMENTS_DIR}/{job_id}/{self.worker_name}-{threading.get_native_id()}-"
                     f"{token_source.token_hex(3)}.seg")

@@ -118,6 +118,10 @@ class SegmentWriter:
             raise _storage_error(exc, path) from None
 
     @property
+    def settled(self) -> bool:
+        return not self._unsynced
+
+    @property
     def unlinked(self) -> bool:
         """True when the finalizer removed this segment under us."""
         try:

@@ -442,10 +442,81 @@ def main() -> None:
         print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths)))
 
 
+# -------------------------------------------------------------------- scale
+
+def scale_main(argv: list[str]) -> None:
+    """`scripts/bench scale`: one job of many small pages from a fast local API:
+    pages/s, Redis' peak memory and its bytes per committed page once the job is
+    final, and the finalizer's time and peak RSS."""
+    parser = argparse.ArgumentParser(prog="scripts/bench scale", description=scale_main.__doc__)
+    parser.add_argument("--pages", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=8)
+    args = parser.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="harvest-scale-"))
+    rows = []
+    with start_demo_api(cache_mb=256) as api:
+        cluster = Cluster(workdir, args.workers, args.threads)
+        try:
+            for trial in range(args.repeat):
+                rows.append(_scale_trial(cluster, api, args.pages, trial))
+        finally:
+            cluster.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\nmachine: {os.cpu_count()} cores; {args.workers} worker processes x"
+          f" {args.threads} threads; {args.pages:,} pages of one record each\n")
+    header = ("run", "pages/s", "Redis peak", "Redis B per committed page", "finalizer s",
+              "finalizer peak RSS")
+    table = [header, *[(str(i + 1), f"{r['rate']:,.0f}", mb(r["peak"]),
+                        f"{r['per_page']:.1f}", f"{r['finalize']:.1f}", mb(r["final_rss"]))
+                       for i, r in enumerate(rows)]]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in [table[0], tuple("-" * w for w in widths), *table[1:]]:
+        print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+
+
+def _scale_trial(cluster: Cluster, api, pages: int, trial: int) -> dict:
+    client = cluster.redis.client()
+    base = client.info("memory")["used_memory"]  # earlier trials' jobs stay: deltas
+    samples = {"peak": base, "final_rss": 0, "finalizing_at": None, "done_at": None}
+    stop = threading.Event()
+    worker_pids = [p.pid for p in cluster.workers.processes]
+
+    def watch() -> None:
+        while not stop.wait(0.1):
+            samples["peak"] = max(samples["peak"], client.info("memory")["used_memory"])
+            jobs = client.zrevrange("hv:jobs", 0, 0)
+            state = client.hget(f"hv:{{{jobs[0]}}}:job", "state") if jobs else None
+            now = time.perf_counter()
+            if state == "finalizing" and samples["finalizing_at"] is None:
+                samples["finalizing_at"] = now
+            if state == "finalizing":
+                rss = max((max(tree_rss(pid).values(), default=0) for pid in worker_pids),
+                          default=0)
+                samples["final_rss"] = max(samples["final_rss"], rss)
+            if state in ("done", "failed") and samples["done_at"] is None:
+                samples["done_at"] = now
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    result = cluster.run(f"scale{trial}", f"{api.url}/items", {"per_page": 1, "pages": pages},
+                         f'style = "page"\npages = {pages}')
+    stop.set()
+    watcher.join()
+    final = client.info("memory")["used_memory"]
+    finalize = (samples["done_at"] or 0) - (samples["finalizing_at"] or 0)
+    return {"rate": pages / result["seconds"], "peak": samples["peak"] - base,
+            "per_page": (final - base) / pages, "finalize": max(0.0, finalize),
+            "final_rss": samples["final_rss"]}
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "_baseline":
         _, _, url, pages, params, out = sys.argv
         print(json.dumps(baseline(url, int(pages), json.loads(params), Path(out))))
+    elif len(sys.argv) > 1 and sys.argv[1] == "scale":
+        scale_main(sys.argv[2:])
     elif len(sys.argv) > 1 and sys.argv[1] == "_bare":
         _, _, url, pages, params, threads, index, of = sys.argv
         mine = [page for page in range(1, int(pages) + 1) if page % int(of) == int(index)]

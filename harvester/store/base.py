@@ -71,7 +71,12 @@ class Segment(Protocol):
     @property
     def unlinked(self) -> bool:
         """True when the segment takes no more pages (sealed by the finalizer, or, in
-        an object store, uploaded): the writer starts a new one."""
+        an object store, uploaded or broken by a failed upload): the writer starts a
+        new one."""
+
+    @property
+    def settled(self) -> bool:
+        """True when no byte written to it waits for :meth:`sync`."""
 
     def write(self, data: bytes) -> None: ...
 

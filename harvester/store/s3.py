@@ -358,6 +358,9 @@ class ObjectSegment:
         self._shipped = 0  # bytes already uploaded as multipart parts
         self._upload = Multipart(store, relative)
         self._sealed = False
+        # A failed upload leaves the object unusable: its pages are never committed
+        # (sync() raises), and the writer moves on to a new segment.
+        self._broken: StorageError | None = None
         spool = os.environ.get("HARVEST_SPOOL_DIR") or None
         if spool:
             os.makedirs(spool, exist_ok=True)
@@ -369,7 +372,11 @@ class ObjectSegment:
 
     @property
     def unlinked(self) -> bool:
-        return self._sealed
+        return self._sealed or self._broken is not None
+
+    @property
+    def settled(self) -> bool:
+        return self._sealed or (self._broken is None and self.size == 0)
 
     def begin_page(self, level: int) -> PageMember:
         return PageMember(self, level)
@@ -386,6 +393,19 @@ class ObjectSegment:
 
     def _ship(self, count: int) -> None:
         """Upload the spool's first ``count`` bytes as a part; keep the rest spooled."""
+        if self._broken is not None:
+            raise self._broken
+        try:
+            self._ship_part(count)
+        except StorageError as exc:
+            self._break(exc)
+            raise
+
+    def _break(self, exc: StorageError) -> None:
+        self._broken = exc
+        self._upload.abort()
+
+    def _ship_part(self, count: int) -> None:
         self._spool.flush()
         self._spool.seek(0)
         head = self._spool.read(count)
@@ -399,20 +419,32 @@ class ObjectSegment:
     def sync(self) -> None:
         """Upload what is spooled and complete the object: once this returns, every
         page written to it is durable in the store."""
+        if self._broken is not None:
+            raise StorageError(f"its pages were lost with a failed upload ({self._broken})",
+                               path=self.store.url(self.relative))
         if self._sealed or self.size == 0:
             return
-        self._spool.flush()
-        self._spool.seek(0)
-        while block := self._spool.read(PART_BYTES):
-            self._upload.add(block)
-        self._upload.finish()
+        try:
+            self._spool.flush()
+            self._spool.seek(0)
+            while block := self._spool.read(PART_BYTES):
+                self._upload.add(block)
+            self._upload.finish()
+        except StorageError as exc:
+            self._break(exc)
+            raise
+        except OSError as exc:
+            error = StorageError(f"cannot read the spool: {exc.strerror or exc}",
+                                 path=self.store.url(self.relative))
+            self._break(error)
+            raise error from None
         self._sealed = True
         self._spool.seek(0)
         self._spool.truncate()
 
     def truncate(self, size: int) -> None:
-        if self._sealed:
-            return  # uploaded: the bytes stay, referenced by no commit
+        if self._sealed or self._broken is not None:
+            return  # uploaded (the bytes stay, referenced by no commit) or lost
         keep = max(size, self._shipped)
         self._spool.flush()
         self._spool.truncate(keep - self._shipped)
