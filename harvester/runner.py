@@ -226,9 +226,8 @@ class PageRunner:
                 if rest and index + 1 >= cost.run_pages(self.settings.run_pages):
                     # Its pages are slow: past about a second of work, the rest of the
                     # run goes a message a page, so other threads share it.
-                    outcome, claimed = self._hand_back(job_id, spec, rest, written, failures,
-                                                       outcome, handed_back)
-                    claims += claimed
+                    # (What the run wrote is committed below, as at any run's end.)
+                    self._hand_back(job_id, rest, handed_back)
                     break
             if written:
                 outcome, claimed = self._commit_written(job_id, spec, written, failures)
@@ -288,16 +287,8 @@ class PageRunner:
             claimed = claimed + own
         return outcome, claimed
 
-    def _hand_back(self, job_id: str, spec: JobSpec, rest: list[int],
-                   written: list[_Written] | None, failures: list[PageFailed],
-                   outcome: str, handed_back: set[int]) -> tuple[str, list[int]]:
-        """Commit what the run wrote, give ``rest`` back as single-page messages; returns
-        the outcome and the pages the commit claimed (for the caller to send)."""
-        claimed: list[int] = []
-        if written:
-            outcome, claimed = self._commit_written(job_id, spec, written, failures)
-            if outcome == "last":
-                self.dispatcher.send_finalize(job_id)
+    def _hand_back(self, job_id: str, rest: list[int], handed_back: set[int]) -> None:
+        """Give ``rest`` back as single-page messages."""
         for page in rest:
             # No longer this task's: the heartbeat must not renew their leases.
             self.in_flight.remove(job_id, page)
@@ -306,7 +297,6 @@ class PageRunner:
         log.info("run.handed_back", pages=len(given))
         for page in given:
             self.dispatcher.send_page(job_id, page)
-        return outcome, claimed
 
     def _harvest_alone(self, job_id: str, spec: JobSpec, pages: list[_Written],
                        failures: list[PageFailed]) -> tuple[str, list[int]]:

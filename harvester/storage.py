@@ -176,7 +176,7 @@ class SegmentWriter:
 
     def close(self) -> None:
         try:
-            self.sync()  # pages written but not yet synced may be committed after
+            self._drain()
         except StorageError:
             pass
         try:
@@ -191,8 +191,6 @@ def _storage_error(exc: OSError, path: Path) -> StorageError:
 
 
 # ------------------------------------------------------------------- sealing
-
-
 
 def write_part(out_dir: Path, name: str, pieces: list[Piece]) -> SealedPart:
     """Copy ``pieces`` into ``out_dir/name`` atomically (temp file, fsync, rename)."""

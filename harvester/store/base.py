@@ -8,6 +8,7 @@ file or part is whole or absent: a reader never sees half of one.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterator, Protocol
@@ -24,7 +25,7 @@ def is_object_store(location: str) -> bool:
 
 
 # S3's rule for bucket names (3-63 lowercase letters, digits, dots and hyphens).
-_BUCKET = __import__("re").compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 def split_s3_url(url: str) -> tuple[str, str]:
@@ -149,7 +150,3 @@ class Store(ABC):
     @abstractmethod
     def stream(self, name: str) -> Iterator[bytes] | None:
         """A file or part's bytes in blocks (None when absent), for verify."""
-
-    @abstractmethod
-    def names(self) -> list[str]:
-        """Every top-level name in the location (parts and files, not segments)."""

@@ -84,12 +84,6 @@ class LocalStore(Store):
             return None
         return _blocks(path)
 
-    def names(self) -> list[str]:
-        try:
-            return sorted(entry.name for entry in os.scandir(self.root))
-        except FileNotFoundError:
-            return []
-
 
 def _blocks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as handle:

@@ -35,6 +35,7 @@ WAIT_SECONDS = float(os.environ.get("HARVEST_STORE_WAIT_SECONDS", "120"))
 _RETRYABLE_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
                     "RequestTimeTooSkewed", "503", "500", "502", "504", "Throttling"}
 
+_RAISE = object()  # S3Store.call: an absent key is an error
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
 
@@ -102,17 +103,20 @@ class S3Store(Store):
     def url(self, name: str) -> str:
         return f"s3://{self.bucket}/{self.key(name)}"
 
-    def call(self, what: str, fn: Callable[[], Any], *, wait: bool = True) -> Any:
+    def call(self, what: str, fn: Callable[[], Any], *, wait: bool = True,
+             missing: Any = _RAISE) -> Any:
         """Call the store, waiting out an outage (503s, a restart) for up to
-        ``WAIT_SECONDS`` on retryable errors; botocore retries each call first."""
+        ``WAIT_SECONDS`` on retryable errors; botocore retries each call first.
+        An absent key returns ``missing`` when given; every other error of botocore's
+        becomes a StorageError here."""
         deadline = time.monotonic() + (WAIT_SECONDS if wait else 0)
         delay = 0.2
         while True:
             try:
                 return fn()
             except _boto_errors() as exc:
-                if _not_found(exc):
-                    raise
+                if missing is not _RAISE and _not_found(exc):
+                    return missing
                 error = _storage_error(exc, what)
                 if not error.retryable or time.monotonic() + delay > deadline:
                     raise error from None
@@ -172,13 +176,8 @@ class S3Store(Store):
 
     def read(self, name: str) -> bytes | None:
         client, key = _client(), self.key(name)
-        try:
-            return self.call(self.url(name), lambda: client.get_object(
-                Bucket=self.bucket, Key=key)["Body"].read())
-        except _boto_errors() as exc:
-            if _not_found(exc):
-                return None
-            raise _storage_error(exc, self.url(name)) from None
+        return self.call(self.url(name), lambda: client.get_object(
+            Bucket=self.bucket, Key=key)["Body"].read(), missing=None)
 
     def write(self, name: str, data: bytes) -> None:
         client, key = _client(), self.key(name)
@@ -191,13 +190,8 @@ class S3Store(Store):
 
     def exists(self, name: str) -> bool:
         client, key = _client(), self.key(name)
-        try:
-            self.call(self.url(name), lambda: client.head_object(Bucket=self.bucket, Key=key))
-            return True
-        except _boto_errors() as exc:
-            if _not_found(exc):
-                return False
-            raise _storage_error(exc, self.url(name)) from None
+        return self.call(self.url(name), lambda: client.head_object(
+            Bucket=self.bucket, Key=key) is not None, missing=False)
 
     # ------------------------------------------------------------- segments
 
@@ -256,36 +250,25 @@ class S3Store(Store):
             body = self.call(self.url(first.segment), lambda: client.get_object(
                 Bucket=self.bucket, Key=key, Range=span)["Body"])
             received = 0
-            try:
-                for block in body.iter_chunks(1 << 20):
-                    received += len(block)
-                    yield block
-            except _boto_errors() as exc:
-                raise _storage_error(exc, self.url(first.segment)) from None
+            for block in _chunks(body, self.url(first.segment)):
+                received += len(block)
+                yield block
             if received != end - first.offset:
                 raise StorageError(f"segment ends before byte {end}", path=first.segment)
 
     def stream(self, name: str) -> Iterator[bytes] | None:
         client, key = _client(), self.key(name)
-        try:
-            body = self.call(self.url(name), lambda: client.get_object(
-                Bucket=self.bucket, Key=key)["Body"])
-        except _boto_errors() as exc:
-            if _not_found(exc):
-                return None
-            raise _storage_error(exc, self.url(name)) from None
-        return body.iter_chunks(1 << 20)
+        body = self.call(self.url(name), lambda: client.get_object(
+            Bucket=self.bucket, Key=key)["Body"], missing=None)
+        return None if body is None else _chunks(body, self.url(name))
 
-    def names(self) -> list[str]:
-        client = _client()
-        prefix = f"{self.prefix}/" if self.prefix else ""
-        found = []
-        for page in client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
-            found += [item["Key"][len(prefix):] for item in page.get("Contents", [])]
-            found += [common["Prefix"][len(prefix):].rstrip("/")
-                      for common in page.get("CommonPrefixes", [])]
-        return sorted(found)
+
+def _chunks(body: Any, where: str) -> Iterator[bytes]:
+    """A GET's body in 1 MiB blocks; a connection lost mid-body becomes a StorageError."""
+    try:
+        yield from body.iter_chunks(1 << 20)
+    except _boto_errors() as exc:
+        raise _storage_error(exc, where) from None
 
 
 class Multipart:
