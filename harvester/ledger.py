@@ -3,7 +3,7 @@
 Keys of job ``J`` (the ``{J}`` hash tag keeps them in one cluster slot)::
 
     hv:{J}:job        hash    spec, state, total, open, next_page, window, counts, times
-    hv:{J}:c:<n>      hash    page -> "segment:offset:length:raw:lines[|claimed pages]",
+    hv:{J}:c:<n>      hash    page -> "segment:offset:length:raw:lines[|claimed a-b,c]",
                               128 pages per hash so Redis keeps each a compact listpack
     hv:{J}:buckets    set     the <n> of every c:<n> hash that exists, so walking the
                               commits costs what was committed, not what was announced
@@ -91,6 +91,15 @@ class Commit:
         location = value.split("|", 1)[0]  # after "|": the pages its commit claimed
         segment, offset, length, raw, lines = (int(v) for v in location.split(":"))
         return cls(page, segment, offset, length, raw, lines)
+
+
+def decode_pages(text: str) -> list[int]:
+    """The pages a commit claimed, as its script stored them: ``"1249-1280,1300"``."""
+    pages: list[int] = []
+    for part in filter(None, text.split(",")):
+        first, _, last = part.partition("-")
+        pages.extend(range(int(first), int(last or first) + 1))
+    return pages
 
 
 @dataclass(frozen=True)
@@ -341,7 +350,7 @@ class Ledger:
             if result[1] == commit.encode():
                 # Our own commit, whose reply was lost (Redis restarted or the connection
                 # dropped) and which ran again: it stands, with the pages it claimed then.
-                return "committed", [int(p) for p in result[2:]]
+                return "committed", decode_pages(result[2])
             return "duplicate", []  # another worker's copy won; its claims are its own
         return result[0], [int(p) for p in result[1:]]
 
@@ -373,7 +382,7 @@ class Ledger:
                     # Our own commit, whose reply was lost and which ran again: it
                     # stands, with the pages it claimed then.
                     pages[page] = "committed"
-                    claimed += [int(p) for p in claims.split(",") if p]
+                    claimed += decode_pages(claims)
                 else:
                     pages[page] = "duplicate"  # another worker's copy won
             else:

@@ -18,6 +18,8 @@ import argparse
 import gzip
 import json
 import os
+import pty
+import re
 import shutil
 import signal
 import subprocess
@@ -153,9 +155,11 @@ class Cluster:
         time.sleep(3)  # let the workers connect before anything is timed
 
     def run(self, name: str, url: str, params: dict, pagination: str, sample_redis=False,
-            api=None, monitor=False) -> dict:
+            api=None, monitor=False, shown: list | None = None) -> dict:
         """One job; with ``monitor``, every Redis command is logged by MONITOR (slower:
-        not for timing) and counted as round trips (sent by a client) or Lua's."""
+        not for timing) and counted as round trips (sent by a client) or Lua's. With
+        ``shown``, the CLI's progress goes to a terminal (a pty, so it redraws on every
+        poll as a user sees it) and each count it shows is appended with its time."""
         out = self.workdir / f"out-{name}"
         shutil.rmtree(out, ignore_errors=True)
         job = self.workdir / f"{name}.toml"
@@ -196,8 +200,14 @@ class Cluster:
             self.profile = None  # once
             time.sleep(1)
         started = time.perf_counter()
+        terminal = pty.openpty() if shown is not None else None
         process = subprocess.Popen([*HARVEST, "run", str(job)], env=self.env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                   stdout=subprocess.PIPE,
+                                   stderr=terminal[1] if terminal else subprocess.PIPE, text=True)
+        if terminal:
+            os.close(terminal[1])
+            threading.Thread(target=_read_progress, args=(terminal[0], shown),
+                             daemon=True).start()
         peak_rss = 0
         while process.poll() is None:
             for proc in [process, *self.workers.processes]:
@@ -226,7 +236,8 @@ class Cluster:
         cpu_after = (_cpu(worker_pids), _cpu([self.redis.process.pid]),
                      _cpu([api.process.pid]) if api else 0.0)
         if process.returncode != 0:
-            raise SystemExit(f"harvest run {name} failed: {process.stderr.read()[-2000:]}")
+            said = process.stderr.read()[-2000:] if process.stderr else "(on the terminal)"
+            raise SystemExit(f"harvest run {name} failed: {said}")
         manifest = json.loads((out / "_manifest.json").read_text())
         job_seconds = (_ts(manifest["finished_at"]) - _ts(manifest["started_at"]))
         result = {"seconds": job_seconds, "wall": wall, "bytes": manifest["raw_bytes"],
@@ -442,6 +453,45 @@ def main() -> None:
         print(" | ".join(cell.ljust(width) for cell, width in zip(row, widths)))
 
 
+def _read_progress(fd: int, shown: list) -> None:
+    """Each 'pages N/' a terminal shows, with the time it was read."""
+    pattern = re.compile(rb"pages ([0-9,]+)/")
+    pending = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # the CLI closed the terminal
+            break
+        if not chunk:
+            break
+        now = time.perf_counter()
+        pending += chunk
+        matches = list(pattern.finditer(pending))
+        for match in matches:
+            shown.append((now, int(match.group(1).replace(b",", b""))))
+        if matches:
+            pending = pending[matches[-1].end():]
+        pending = pending[-200:]
+    os.close(fd)
+
+
+def progress_lag(shown: list, committed: list) -> list[float]:
+    """How long after Redis held a count the CLI first showed it (or more): one lag per
+    sample of ``committed`` ((time, count) from Redis every 20 ms); ``shown`` is (time,
+    count) read off the terminal."""
+    shown = sorted(shown)
+    lags, i = [], 0
+    for when, count in committed:
+        if count == 0:
+            continue
+        while i < len(shown) and (shown[i][1] < count or shown[i][0] < when):
+            i += 1
+        if i == len(shown):
+            break
+        lags.append(shown[i][0] - when)
+    return lags
+
+
 # -------------------------------------------------------------------- scale
 
 def scale_main(argv: list[str]) -> None:
@@ -467,9 +517,10 @@ def scale_main(argv: list[str]) -> None:
     print(f"\nmachine: {os.cpu_count()} cores; {args.workers} worker processes x"
           f" {args.threads} threads; {args.pages:,} pages of one record each\n")
     header = ("run", "pages/s", "Redis peak", "Redis B per committed page", "finalizer s",
-              "finalizer peak RSS")
+              "finalizer peak RSS", "CLI progress lag median/max s")
     table = [header, *[(str(i + 1), f"{r['rate']:,.0f}", mb(r["peak"]),
-                        f"{r['per_page']:.1f}", f"{r['finalize']:.1f}", mb(r["final_rss"]))
+                        f"{r['per_page']:.1f}", f"{r['finalize']:.1f}", mb(r["final_rss"]),
+                        f"{r['lag_median']:.2f} / {r['lag_max']:.2f}")
                        for i, r in enumerate(rows)]]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in [table[0], tuple("-" * w for w in widths), *table[1:]]:
@@ -482,6 +533,16 @@ def _scale_trial(cluster: Cluster, api, pages: int, trial: int) -> dict:
     samples = {"peak": base, "final_rss": 0, "finalizing_at": None, "done_at": None}
     stop = threading.Event()
     worker_pids = [p.pid for p in cluster.workers.processes]
+    committed: list[tuple[float, int]] = []  # (time, pages committed) every 20 ms
+    shown: list[tuple[float, int]] = []
+
+    def follow() -> None:
+        follower = cluster.redis.client()
+        while not stop.wait(0.02):
+            jobs = follower.zrevrange("hv:jobs", 0, 0)
+            if jobs and jobs[0].startswith(f"scale{trial}-"):
+                count = follower.hget(f"hv:{{{jobs[0]}}}:job", "committed")
+                committed.append((time.perf_counter(), int(count or 0)))
 
     def watch() -> None:
         while not stop.wait(0.1):
@@ -500,15 +561,20 @@ def _scale_trial(cluster: Cluster, api, pages: int, trial: int) -> dict:
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
     result = cluster.run(f"scale{trial}", f"{api.url}/items", {"per_page": 1, "pages": pages},
-                         f'style = "page"\npages = {pages}')
+                         f'style = "page"\npages = {pages}', shown=shown)
     stop.set()
     watcher.join()
+    follower.join()
+    lags = sorted(progress_lag(shown, committed)) or [float("nan")]
     final = client.info("memory")["used_memory"]
     finalize = (samples["done_at"] or 0) - (samples["finalizing_at"] or 0)
     return {"rate": pages / result["seconds"], "peak": samples["peak"] - base,
             "per_page": (final - base) / pages, "finalize": max(0.0, finalize),
-            "final_rss": samples["final_rss"]}
+            "final_rss": samples["final_rss"], "lag_median": lags[len(lags) // 2],
+            "lag_max": lags[-1]}
 
 
 if __name__ == "__main__":

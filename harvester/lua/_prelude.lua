@@ -8,6 +8,25 @@ local function bucket_key(prefix, page)
   return prefix .. ':c:' .. math.floor(tonumber(page) / 128)
 end
 
+-- Pages as "first-last" ranges ("1249-1280,1300"): the claims a commit stores stay a
+-- few bytes, so its bucket stays a compact listpack (one value over 64 bytes turns the
+-- whole hash into a table at ~4x the memory). Decoded by ledger.decode_pages.
+local function encode_pages(pages)
+  local parts, i = {}, 1
+  while i <= #pages do
+    local first = tonumber(pages[i])
+    local last = first
+    while i < #pages and tonumber(pages[i + 1]) == last + 1 do
+      i = i + 1
+      last = last + 1
+    end
+    parts[#parts + 1] = first == last and string.format('%d', first)
+                        or string.format('%d-%d', first, last)
+    i = i + 1
+  end
+  return table.concat(parts, ',')
+end
+
 -- Redis' Lua unpacks at most a few thousand values at once: batches stay below.
 local BATCH = 500
 

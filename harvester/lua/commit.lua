@@ -5,20 +5,17 @@
 --       next_link ('' or the successor's link, JSON), identity ('' or the link's
 --       identity, which must not repeat within the job).
 -- Returns {outcome, claimed pages...}; outcome is committed|last|duplicate|closed|repeated;
--- a duplicate returns {'duplicate', the standing location, the pages its commit claimed}.
--- The stored value is "location" or "location|claimed,pages": a lost reply can be
--- replayed from it, at a few bytes a page in the bucket's compact listpack.
+-- a duplicate returns {'duplicate', the standing location, the pages its commit claimed
+-- (encode_pages)}. The stored value is "location" or "location|claimed pages": a lost
+-- reply can be replayed from it, at a few bytes a page in the bucket's compact listpack.
 local job, lease, page = KEYS[1], KEYS[2], ARGV[2]
 -- Before the state check: a replayed commit of the job's last page finds the job
 -- finalizing, and must still learn that its own commit stands.
 local standing = redis.call('HGET', bucket_key(ARGV[1], page), page)
 if standing then
   local bar = string.find(standing, '|', 1, true)
-  local reply = {'duplicate', bar and string.sub(standing, 1, bar - 1) or standing}
-  if bar then
-    for p in string.gmatch(string.sub(standing, bar + 1), '[^,]+') do reply[#reply + 1] = p end
-  end
-  return reply
+  if not bar then return {'duplicate', standing, ''} end
+  return {'duplicate', string.sub(standing, 1, bar - 1), string.sub(standing, bar + 1)}
 end
 if redis.call('HGET', job, 'state') ~= 'running' then return {'closed'} end
 if ARGV[12] ~= '' and redis.call('SISMEMBER', KEYS[7], ARGV[12]) == 1 then
@@ -45,7 +42,7 @@ if ARGV[8] == '1' then redis.call('HSET', job, 'open', '0') end
 if maybe_finish(job, lease, ARGV[10]) then return {'last'} end
 local claimed = claim(job, ARGV[1], lease, KEYS[5], ARGV[9])
 if #claimed > 0 then
-  redis.call('HSET', bucket_key(ARGV[1], page), page, ARGV[3] .. '|' .. table.concat(claimed, ','))
+  redis.call('HSET', bucket_key(ARGV[1], page), page, ARGV[3] .. '|' .. encode_pages(claimed))
 end
 table.insert(claimed, 1, 'committed')
 return claimed

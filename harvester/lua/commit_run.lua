@@ -8,7 +8,7 @@
 -- Returns {outcome, count, claimed pages..., then per page: page, status, standing}:
 -- outcome is committed|last|closed; status is 'new', 'standing' (a commit stood
 -- already: standing is its value, ours when this is a replay of a lost reply) or
--- 'closed'. The claims are stored on the run's last new page ("location|pages").
+-- 'closed'. The claims are stored on the run's last new page ("location|pages", encode_pages).
 local job, lease, prefix = KEYS[1], KEYS[2], ARGV[1]
 local pages, values = {}, {}
 for i = 4, #ARGV, 5 do
@@ -62,7 +62,7 @@ if #fresh > 0 then
     if #claimed > 0 then
       local last = fresh[#fresh]
       redis.call('HSET', bucket_key(prefix, last), last,
-                 values[last][1] .. '|' .. table.concat(claimed, ','))
+                 values[last][1] .. '|' .. encode_pages(claimed))
     end
   end
 end

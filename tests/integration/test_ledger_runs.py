@@ -142,3 +142,36 @@ def test_a_run_costs_the_same_commands_whatever_its_length(ledger):
 
     short, long = cost(list(range(1, 5))), cost(list(range(5, 37)))
     assert long - short <= 4, (short, long)
+
+
+def test_claims_stored_with_a_commit_keep_its_bucket_compact_and_replay_whole(ledger):
+    """A run whose commit claims scattered pages (two waiting in the todo list, then
+    a stretch of the plan) stores them as ranges: a replay of its lost reply hands back
+    exactly the pages claimed, in order, and every commit bucket of a 2,000-page run of
+    runs stays a listpack (one long value would make its whole hash a table)."""
+    _create(ledger, total=3000, window=64)
+    # Pages 40 and 50 wait in the todo list, unleased, as a retry leaves failed pages:
+    # the window has room for them and 32 more once the run commits.
+    ledger.redis.zrem(ledger.key(JOB, "lease"), 40, 50)
+    ledger.redis.rpush(ledger.key(JOB, "todo"), 40, 50)
+    ledger.start_pages(JOB, list(range(1, 33)), "w1")
+    run = [_commit(p) for p in range(1, 33)]
+    first = ledger.commit_run(JOB, run)
+    assert first[1] == [40, 50, *range(65, 97)]
+    assert ledger.commit_run(JOB, run) == first
+    raw = ledger.redis.hget(ledger.key(JOB, "c:0"), "32")
+    assert raw.endswith("|40,50,65-96"), raw
+
+    # commit.lua replays a single page's lost reply the same way.
+    ledger.start_pages(JOB, [33], "w1")
+    single = ledger.commit(JOB, _commit(33))
+    assert single[0] == "committed" and single[1]
+    assert ledger.commit(JOB, _commit(33)) == single
+
+    for first_page in range(34, 2000, 32):
+        pages = [p for p in range(first_page, first_page + 32) if p not in (40, 50)]
+        ledger.start_pages(JOB, pages, "w1")
+        assert ledger.commit_run(JOB, [_commit(p) for p in pages])[0] == "committed"
+    for bucket in ledger.redis.smembers(ledger.key(JOB, "buckets")):
+        key = ledger.key(JOB, f"c:{bucket}")
+        assert ledger.redis.object("encoding", key) == "listpack", bucket
