@@ -11,13 +11,14 @@ the clock of the run.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 import structlog
 
 from .errors import OutputDirError
-from .ledger import Ledger
+from .ledger import Commit, Ledger
 from .manifest import (FAILED, MANIFEST, SUCCESS, merge_manifest, plan_from_json, plan_parts,
                        plan_to_json, shard_entry)
 from .store import Store, open_store
@@ -124,10 +125,17 @@ def _make_plan(ledger: Ledger, job_id: str, store: Store, generation: int,
                              "lost its .harvest-job claim (was the dir removed mid-job?)",
                              path=store.location)
     sealed = ledger.sealed_segments(job_id)
-    commits = [c for c in ledger.commits(job_id) if c.segment not in sealed]
     segments = ledger.segments(job_id)
+    used_set: set[int] = set()
+
+    def unsealed() -> Iterator[Commit]:
+        for commit in ledger.commits(job_id):
+            if commit.segment not in sealed:
+                used_set.add(commit.segment)
+                yield commit
+
     first_index = len(base["shards"]) if base else 0
-    parts = plan_parts(commits, segments, first_index=first_index, part_bytes=part_bytes)
-    used = sorted({c.segment for c in commits})
+    parts = plan_parts(unsealed(), segments, first_index=first_index, part_bytes=part_bytes)
+    used = sorted(used_set)
     return {"generation": generation, "base": base, "parts": plan_to_json(parts),
             "segments": used, "segment_paths": [segments[s] for s in used]}

@@ -61,6 +61,7 @@ FINAL_STATES = ("done", "failed", "cancelled")
 JOB_KEYS = ("job", "lease", "todo", "tries", "links", "owner", "failed", "claims", "buckets",
             "segs", "sealed", "seen", "bucket", "inflight")
 BUCKET = 128
+COMMIT_READ_BATCH = 64  # commit buckets read per round trip by the finalizer
 FINALIZER_PAGE = 0
 
 
@@ -507,10 +508,13 @@ class Ledger:
         whatever total the API announced."""
         buckets = sorted(int(b) for b in self._call(self.redis.smembers,
                                                     self.key(job_id, "buckets")))
-        for bucket in buckets:
-            entries = self._call(self.redis.hgetall, f"{self.prefix(job_id)}:c:{bucket}")
-            for page in sorted(entries, key=int):
-                yield Commit.decode(int(page), entries[page])
+        for first in range(0, len(buckets), COMMIT_READ_BATCH):
+            batch = buckets[first:first + COMMIT_READ_BATCH]
+            read = self._pipeline(lambda pipe: [pipe.hgetall(f"{self.prefix(job_id)}:c:{b}")
+                                                for b in batch], transaction=False)
+            for entries in read:
+                for page in sorted(entries, key=int):
+                    yield Commit.decode(int(page), entries[page])
 
     def segments(self, job_id: str) -> dict[int, str]:
         return {int(k): v for k, v in self._call(self.redis.hgetall,

@@ -23,12 +23,39 @@ SUCCESS = "_SUCCESS"
 
 @dataclass
 class PlannedPart:
+    """A part to write: its members as pieces of segments, its pages as ranges.
+
+    Both stay small whatever the page count: pages are ``[first, last]`` ranges, and
+    members that lie end to end in one segment (a run's pages) are one piece.
+    """
+
     name: str
     pieces: list[Piece] = field(default_factory=list)
-    pages: list[int] = field(default_factory=list)
+    page_ranges: list[list[int]] = field(default_factory=list)
+    page_count: int = 0
     lines: int = 0
     raw_bytes: int = 0
     compressed_bytes: int = 0
+
+    @property
+    def pages(self) -> list[int]:
+        return list(expand_ranges(self.page_ranges))
+
+    def add(self, commit: Commit, segment: str) -> None:
+        last = self.pieces[-1] if self.pieces else None
+        if last is not None and last.segment == segment and \
+                last.offset + last.length == commit.offset:
+            self.pieces[-1] = Piece(segment, last.offset, last.length + commit.length)
+        else:
+            self.pieces.append(Piece(segment, commit.offset, commit.length))
+        if self.page_ranges and self.page_ranges[-1][1] + 1 == commit.page:
+            self.page_ranges[-1][1] = commit.page
+        else:
+            self.page_ranges.append([commit.page, commit.page])
+        self.page_count += 1
+        self.lines += commit.lines
+        self.raw_bytes += commit.raw_bytes
+        self.compressed_bytes += commit.length
 
 
 def part_name(index: int) -> str:
@@ -39,20 +66,23 @@ def plan_parts(commits: Iterable[Commit], segments: dict[int, str], *, first_ind
                part_bytes: int) -> list[PlannedPart]:
     """Group committed members, in page order, into parts of about ``part_bytes``.
 
-    A member is never split: a page larger than ``part_bytes`` is a part of its own.
+    ``commits`` come in ascending page order (as :meth:`Ledger.commits` yields them)
+    and are consumed as they come: a million pages plan in the memory of their pieces,
+    not of their commits. A member is never split: a page larger than ``part_bytes``
+    is a part of its own.
     """
     parts: list[PlannedPart] = []
     current: PlannedPart | None = None
-    for commit in sorted(commits, key=lambda c: c.page):
+    previous = 0
+    for commit in commits:
+        if commit.page <= previous:
+            raise ValueError(f"commits out of page order: {commit.page} after {previous}")
+        previous = commit.page
         if current is None or (current.compressed_bytes and
                                current.compressed_bytes + commit.length > part_bytes):
             current = PlannedPart(name=part_name(first_index + len(parts)))
             parts.append(current)
-        current.pieces.append(Piece(segments[commit.segment], commit.offset, commit.length))
-        current.pages.append(commit.page)
-        current.lines += commit.lines
-        current.raw_bytes += commit.raw_bytes
-        current.compressed_bytes += commit.length
+        current.add(commit, segments[commit.segment])
     return parts
 
 
@@ -75,8 +105,8 @@ def expand_ranges(ranges: Iterable[Iterable[int]]) -> Iterable[int]:
 def shard_entry(part: PlannedPart, sha256: str, generation: int) -> dict[str, Any]:
     return {
         "name": part.name,
-        "pages": len(part.pages),
-        "page_ranges": page_ranges(part.pages),
+        "pages": part.page_count,
+        "page_ranges": [list(r) for r in part.page_ranges],
         "lines": part.lines,
         "compressed_bytes": part.compressed_bytes,
         "raw_bytes": part.raw_bytes,
@@ -124,5 +154,11 @@ def plan_to_json(parts: list[PlannedPart]) -> list[dict[str, Any]]:
 
 
 def plan_from_json(data: list[dict[str, Any]]) -> list[PlannedPart]:
-    return [PlannedPart(**{**part, "pieces": [Piece(**p) for p in part["pieces"]]})
-            for part in data]
+    parts = []
+    for part in data:
+        fields = {**part, "pieces": [Piece(**p) for p in part["pieces"]]}
+        if "pages" in fields:  # a plan saved before pages were kept as ranges
+            pages = fields.pop("pages")
+            fields.update(page_ranges=page_ranges(pages), page_count=len(pages))
+        parts.append(PlannedPart(**fields))
+    return parts

@@ -22,6 +22,7 @@ from harvester.manifest import (
     SUCCESS,
     PlannedPart,
     merge_manifest,
+    page_ranges,
     part_name,
     shard_entry,
 )
@@ -71,7 +72,8 @@ def build(out: Path, shards: list[list[bytes]], *, pages: list[list[int]] | None
             part.lines += line.count(b"\n")
             part.raw_bytes += done.raw_bytes
             part.compressed_bytes += done.length
-        part.pages = (manifest_pages[index] if manifest_pages else page_list)
+        listed = manifest_pages[index] if manifest_pages else page_list
+        part.page_ranges, part.page_count = page_ranges(listed), len(listed)
         sealed = write_part(out, part.name, part.pieces)
         entries.append(shard_entry(part, sealed.sha256, 1))
         paths.append(out / part.name)
@@ -327,7 +329,7 @@ def test_verify_memory_is_bounded_for_highly_compressible_pages(tmp_path):
     done = member.commit()
     segment.close()
     part = PlannedPart(name=part_name(0), pieces=[Piece(SEGMENT, done.offset, done.length)],
-                       pages=[1], lines=1, raw_bytes=done.raw_bytes,
+                       page_ranges=[[1, 1]], page_count=1, lines=1, raw_bytes=done.raw_bytes,
                        compressed_bytes=done.length)
     sealed = write_part(out, part.name, part.pieces)
     manifest = merge_manifest(
