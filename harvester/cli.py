@@ -89,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     forget.add_argument("job_id", metavar="JOB_ID")
     local_flags(forget, workers=False)
 
+    serve = command("serve", "cmd_serve",
+                    "the HTTP service: jobs over HTTP, progress as Server-Sent Events, the"
+                    " output streamed, Prometheus metrics and a dashboard at /"
+                    " (needs HARVEST_API_TOKEN)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=_positive_int, default=8900, help="default 8900")
+
     worker = command("worker", "cmd_worker", "a Celery worker with the right settings"
                      " (further options go to 'celery worker')", add_help=False)
     worker.add_argument("celery_args", nargs=argparse.REMAINDER)

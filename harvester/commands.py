@@ -11,11 +11,13 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from . import coordinator
+from .client import Harvester, Job
+from .errors import JobStateError
 from .job import load_job
 from .local import LocalCluster
 from .store import open_store
-from .settings import Settings, ledger_for
-from .watch import EXIT_FAILED_PAGES, EXIT_OK, exit_code, watch
+from .settings import Settings
+from .watch import EXIT_FAILED_PAGES, EXIT_OK, watch
 
 EXIT_USAGE, EXIT_ERROR = 2, 4
 # How long `harvest cancel` waits for a worker to start sealing before it seals itself.
@@ -23,19 +25,16 @@ CANCEL_FINALIZE_WAIT = 10.0
 
 
 class Context:
-    """What a command needs: settings, the ledger and a dispatcher, local or not."""
+    """What a command needs: the Python API's :class:`Harvester` (its ledger and
+    dispatcher), and the local cluster under ``--local``."""
 
     def __init__(self, settings: Settings, cluster: LocalCluster | None):
-        from workers.app import make_app  # the Celery app, bound to this broker
-
-        from .dispatch import CeleryDispatcher
-
         self.settings = settings
         self.cluster = cluster
-        self.ledger = ledger_for(settings)
+        self.harvester = Harvester(settings=settings)
+        self.ledger = self.harvester.ledger
         self.ledger.ping()
-        self.app = make_app(settings)
-        self.dispatcher = CeleryDispatcher(self.app, run_pages=settings.run_pages)
+        self.dispatcher = self.harvester.dispatcher
 
     def local_failure(self) -> str | None:
         if self.cluster and self.cluster.workers:
@@ -57,9 +56,13 @@ def context(local: bool, workers: int = 2, threads: int = 8) -> Iterator[Context
         os.environ["HARVEST_REDIS_URL"] = url  # inherited by the worker processes
         _err(f"local cluster: redis {url} (data in {cluster.redis.data_dir})")
         settings = Settings.from_env()
+    ctx = None
     try:
-        yield Context(settings, cluster)
+        ctx = Context(settings, cluster)
+        yield ctx
     finally:
+        if ctx is not None:
+            ctx.harvester.close()
         if cluster is not None:
             cluster.stop()
 
@@ -96,8 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with context(args.local, args.workers, args.threads) as ctx:
         if args.local:
             _settle_orphans(ctx)
-        job_id = coordinator.submit(spec, ctx.ledger, ctx.dispatcher, ctx.settings,
-                                    local=args.local, job_path=args.job)
+        job_id = ctx.harvester.submit(Job(spec, args.job), local=args.local)
         _out(f"job {job_id}")
         if args.detach:
             _err(f"submitted; follow it with: harvest status {job_id}")
@@ -112,8 +114,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     with context(args.local, args.workers, args.threads) as ctx:
         if args.local:
             _settle_orphans(ctx, keep=args.job_id)
-        queued = coordinator.retry(args.job_id, ctx.ledger, ctx.dispatcher, fixed=fixed,
-                                   job_path=args.job or "<job>")
+        queued = ctx.harvester.retry(args.job_id, job=Job(fixed, args.job) if fixed else None)
         _out(f"job {args.job_id}")
         _err(f"retrying: {queued} page(s) queued"
              + (f", with the job as amended by {args.job}" if fixed else ""))
@@ -126,55 +127,37 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     with context(args.local, 0) as ctx:
-        state = ctx.ledger.state(args.job_id)
-        out_dir = ctx.ledger.field(args.job_id, "out_dir")
+        status = ctx.harvester.status(args.job_id)
         if args.json:
-            _out(json.dumps({"job_id": state.job_id, "state": state.state, "total": state.total,
-                             "total_known": not state.open, "committed": state.committed,
-                             "failed": state.failed, "pending": state.pending,
-                             "in_flight": state.in_flight, "raw_bytes": state.raw_bytes,
-                             "compressed_bytes": state.gz_bytes, "output_dir": out_dir,
-                             "error": state.aborted, "capped": state.capped}))
+            _out(json.dumps(status.to_dict()))
         else:
             from .progress import describe
-            _out(describe(state, 0, 0))
-            _out(f"output: {out_dir}")
-        return exit_code(state)
+            _out(describe(ctx.ledger.state(args.job_id), 0, 0))
+            _out(f"output: {status.output_dir}")
+        return status.exit_code
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     with context(args.local, 0) as ctx:
-        result = coordinator.cancel(args.job_id, ctx.ledger, ctx.dispatcher)
-        if result != "cancelled":
-            _err(f"job {args.job_id} is {result}; nothing to cancel")
+        try:
+            # With --local no worker serves the job: seal it here at once.
+            ctx.harvester.cancel(args.job_id, seal_wait=0 if args.local else
+                                 CANCEL_FINALIZE_WAIT)
+        except JobStateError as exc:
+            _err(str(exc))
             return EXIT_ERROR
-        if args.local or not _sealed_by_a_worker(ctx, args.job_id):
-            # No worker serves this job (or none will, with --local): seal it here.
-            from .finalizer import finalize
-            finalize(ctx.ledger, args.job_id, part_bytes=ctx.settings.part_bytes,
-                     worker=f"cli-{os.getpid()}")
         _out(f"job {args.job_id} cancelled; committed pages are sealed."
              f" 'harvest retry {args.job_id}{' --local' if args.local else ''}' runs the rest.")
         return EXIT_OK
 
 
-def _sealed_by_a_worker(ctx: Context, job_id: str) -> bool:
-    deadline = time.monotonic() + CANCEL_FINALIZE_WAIT
-    while time.monotonic() < deadline:
-        if ctx.ledger.state(job_id).final:
-            return True
-        time.sleep(0.2)
-    return ctx.ledger.finalizer_claimed(job_id)
-
-
 def cmd_forget(args: argparse.Namespace) -> int:
     with context(args.local, 0) as ctx:
-        state = ctx.ledger.state(args.job_id)
-        if not state.final:
-            _err(f"job {args.job_id} is {state.state}; cancel it first"
-                 f" ('harvest cancel {args.job_id}')")
+        try:
+            ctx.harvester.forget(args.job_id)
+        except JobStateError as exc:
+            _err(f"{exc} ('harvest cancel {args.job_id}')")
             return EXIT_ERROR
-        ctx.ledger.forget(args.job_id)
         _out(f"job {args.job_id} forgotten: its ledger is gone from Redis; its output"
              " directory is untouched")
         return EXIT_OK
@@ -213,6 +196,32 @@ def cmd_finalize(args: argparse.Namespace) -> int:
         _out(finalize(ctx.ledger, args.job_id, part_bytes=ctx.settings.part_bytes,
                       worker=f"cli-{os.getpid()}"))
         return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    token = os.environ.get("HARVEST_API_TOKEN", "")
+    if len(token) < 16:
+        _err("harvest serve: set HARVEST_API_TOKEN to a secret of 16 characters or more"
+             " (e.g. 'export HARVEST_API_TOKEN=$(openssl rand -hex 24)'); every route but"
+             " /healthz requires it as 'Authorization: Bearer TOKEN'")
+        return EXIT_USAGE
+    try:
+        import uvicorn
+
+        from .service.app import create_app
+    except ImportError as exc:
+        _err(f"harvest serve needs the service's packages ({exc.name} is missing):"
+             " pip install 'harvester[serve]'")
+        return EXIT_USAGE
+    harvester = Harvester(settings=Settings.from_env())
+    harvester.ping()  # exits 3 with the reason if Redis is not there
+    _err(f"serving on http://{args.host}:{args.port}/ (dashboard: /?token=...; API docs: /docs)")
+    try:
+        uvicorn.run(create_app(harvester, token), host=args.host, port=args.port,
+                    log_level="warning", access_log=False)
+    finally:
+        harvester.close()
+    return EXIT_OK
 
 
 def worker_argv(celery_args: list[str]) -> list[str]:

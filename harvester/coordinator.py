@@ -15,7 +15,7 @@ import structlog
 
 from . import pagination
 from .amendment import amend
-from .errors import HarvesterError, JobSpecError
+from .errors import JobSpecError, JobStateError
 from .job import JobSpec
 from .ledger import FINAL_STATES, Ledger
 from .store import open_store
@@ -61,7 +61,8 @@ def retry(job_id: str, ledger: Ledger, dispatcher: Dispatcher, *,
     """
     state = ledger.state(job_id)
     if state.state not in FINAL_STATES:
-        raise HarvesterError(f"job {job_id} is still {state.state}; wait for it or cancel it")
+        raise JobStateError(f"job {job_id} is still {state.state}; wait for it or cancel it",
+                            job_id=job_id, state=state.state)
     spec = ledger.spec(job_id)
     if fixed is not None:
         spec = amend(spec, fixed, job_id=job_id, path=job_path)
@@ -72,7 +73,8 @@ def retry(job_id: str, ledger: Ledger, dispatcher: Dispatcher, *,
         pagination.learns_total(spec) and not ledger.is_committed(job_id, 1))
     result = ledger.reopen(job_id, open_ended=reopen)
     if result != "running":
-        raise HarvesterError(f"job {job_id} could not be reopened (state {result})")
+        raise JobStateError(f"job {job_id} could not be reopened (state {result})",
+                            job_id=job_id, state=result)
     pages = ledger.fill(job_id)
     dispatcher.send_pages(job_id, pages)
     if not pages:

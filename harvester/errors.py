@@ -11,6 +11,10 @@ carries the context a person needs to act on it::
     ├── LocalClusterError       --local could not start redis-server or workers
     ├── StorageError            a shard or segment could not be written or read
     ├── VerifyError             an output dir does not match its manifest
+    ├── JobStateError           the job's state forbids what was asked (retry a running job)
+    ├── WaitTimeout             Harvester.wait gave up before the job was final
+    ├── OutputError             a job's output cannot be read as asked (pages of records)
+    │   └── OutputNotSealed     ... or not yet: the job is not final
     ├── Abandoned               a stopping worker hands its page back unfinished
     ├── PageFailed              a page failed for good (recorded in the ledger): its task's FAILURE
     └── PageError               one page could not be harvested (has .retryable)
@@ -94,6 +98,43 @@ class VerifyError(HarvesterError):
         self.directory = directory
         self.problems = problems
         super().__init__(f"{directory}: " + "; ".join(problems))
+
+
+class JobStateError(HarvesterError):
+    """What was asked cannot be done in the job's state (e.g. retry a running job)."""
+
+    def __init__(self, message: str, *, job_id: str, state: str):
+        self.job_id = job_id
+        self.state = state
+        super().__init__(message)
+
+
+class WaitTimeout(HarvesterError):
+    """:meth:`Harvester.wait` gave up before the job was final; the job goes on."""
+
+    def __init__(self, job_id: str, seconds: float, state: str):
+        self.job_id = job_id
+        self.seconds = seconds
+        self.state = state
+        super().__init__(f"job {job_id} is still {state} after {seconds:g} s")
+
+
+class OutputError(HarvesterError):
+    """A job's output cannot be read as asked (e.g. pages of a records-mode job)."""
+
+    def __init__(self, message: str, *, job_id: str):
+        self.job_id = job_id
+        super().__init__(message)
+
+
+class OutputNotSealed(OutputError):
+    """A job's output was asked for before the job was sealed (only sealed parts are
+    read: segments may still hold pages that will never be committed)."""
+
+    def __init__(self, job_id: str, state: str):
+        self.state = state
+        super().__init__(f"job {job_id} is {state}: its output is readable once it is final",
+                         job_id=job_id)
 
 
 class Abandoned(HarvesterError):

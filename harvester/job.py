@@ -473,24 +473,43 @@ def load_job(path: str | Path, base_dir: str | Path | None = None) -> JobSpec:
     try:
         with open(path, "rb") as handle:
             data = handle.read(MAX_JOB_FILE_BYTES + 1)
-        if len(data) > MAX_JOB_FILE_BYTES:
-            raise JobSpecError(f"job file is over {MAX_JOB_FILE_BYTES // 1024:,} KiB; a job file"
-                               " holds settings, not data", path=str(path))
-        document = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise JobSpecError("no such job file", path=str(path)) from None
     except IsADirectoryError:
         raise JobSpecError("is a directory, not a job file", path=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise JobSpecError(f"cannot read job file: {exc}", path=str(path)) from None
+    return job_from_toml(data, source=str(path), base_dir=base_dir)
+
+
+def job_from_toml(data: bytes | str, *, source: str = "<job>",
+                  base_dir: str | Path | None = None) -> JobSpec:
+    """A job from the text of a job file (as :func:`load_job` reads it)."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    if len(raw) > MAX_JOB_FILE_BYTES:
+        raise JobSpecError(f"job file is over {MAX_JOB_FILE_BYTES // 1024:,} KiB; a job file"
+                           " holds settings, not data", path=source)
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise JobSpecError(f"cannot read job file: {exc}", path=source) from None
     except tomllib.TOMLDecodeError as exc:
-        raise JobSpecError(f"not valid TOML: {exc}", path=str(path)) from None
-    spec = parse_job(document, str(path))
+        raise JobSpecError(f"not valid TOML: {exc}", path=source) from None
+    return job_from_document(document, source=source, base_dir=base_dir)
+
+
+def job_from_document(document: Any, *, source: str = "<job>",
+                      base_dir: str | Path | None = None) -> JobSpec:
+    """A job from a parsed job file: TOML's tables, or the same shape as JSON."""
+    if not isinstance(document, dict):
+        raise JobSpecError("a job is a table of sections ([job], [pagination], [output])",
+                           path=source)
+    spec = parse_job(document, source)
     if is_object_store(spec.output.dir):
         try:
             split_s3_url(spec.output.dir)
         except JobSpecError as exc:
-            raise JobSpecError(str(exc).split(": ", 1)[-1], path=str(path),
+            raise JobSpecError(str(exc).split(": ", 1)[-1], path=source,
                                key="output.dir") from None
         return spec
     out_dir = Path(os.path.join(base_dir or os.getcwd(), spec.output.dir))

@@ -278,6 +278,10 @@ class Ledger:
     def field(self, job_id: str, name: str) -> str | None:
         return self._call(self.redis.hget, self.key(job_id, "job"), name)
 
+    def fields(self, job_id: str, *names: str) -> dict[str, str | None]:
+        values = self._call(self.redis.hmget, self.key(job_id, "job"), names)
+        return dict(zip(names, values))
+
     def set_once(self, job_id: str, name: str, value: str) -> str:
         """Set a job field unless set already; returns the value that stands."""
         key = self.key(job_id, "job")
@@ -333,7 +337,7 @@ class Ledger:
 
     def commit(self, job_id: str, commit: Commit, *, total: int | None = None,
                close: bool = False, next_link: dict[str, str] | None = None,
-               identity: str | None = None) -> tuple[str, list[int]]:
+               identity: str | None = None, requests: int = 0) -> tuple[str, list[int]]:
         """The commit point. Returns the outcome and the pages the caller must enqueue.
 
         ``next_link`` is how to request page ``commit.page + 1`` (chains);
@@ -346,7 +350,8 @@ class Ledger:
             [self.prefix(job_id), commit.page, commit.encode(), commit.raw_bytes, commit.length,
              commit.lines, "" if total is None else total, "1" if close else "0",
              now_ms() + self.queued_ms, now_ms() + self.lease_ms,
-             json.dumps(next_link, separators=(",", ":")) if next_link else "", digest])
+             json.dumps(next_link, separators=(",", ":")) if next_link else "", digest,
+             requests])
         if result[0] == "duplicate":
             if result[1] == commit.encode():
                 # Our own commit, whose reply was lost (Redis restarted or the connection
@@ -355,14 +360,15 @@ class Ledger:
             return "duplicate", []  # another worker's copy won; its claims are its own
         return result[0], [int(p) for p in result[1:]]
 
-    def commit_run(self, job_id: str, commits: list[Commit]) -> tuple[str, list[int],
-                                                                     dict[int, str]]:
+    def commit_run(self, job_id: str, commits: list[Commit], *,
+                   requests: int = 0) -> tuple[str, list[int], dict[int, str]]:
         """The commit point of a run of fan-out pages written together (each names no
         total, successor or end), in one script call: returns the run's outcome
         (committed|last|closed|duplicate), the pages the caller must enqueue, and each
-        page's own outcome (committed|duplicate|closed)."""
+        page's own outcome (committed|duplicate|closed). ``requests``: HTTP requests the
+        run's pages took (counted once the run commits)."""
         args: list[Any] = [self.prefix(job_id), now_ms() + self.queued_ms,
-                           now_ms() + self.lease_ms]
+                           now_ms() + self.lease_ms, requests]
         for commit in commits:
             args += [commit.page, commit.encode(), commit.raw_bytes, commit.length, commit.lines]
         result = self.run_script(
@@ -399,7 +405,8 @@ class Ledger:
             "fail", [self.key(job_id, n) for n in ("job", "lease", "failed", "todo", "owner",
                                                      "claims")],
             [self.prefix(job_id), page, json.dumps(scrub_value(record), separators=(",", ":")),
-             "1" if close else "0", now_ms() + self.queued_ms, now_ms() + self.lease_ms])
+             "1" if close else "0", now_ms() + self.queued_ms, now_ms() + self.lease_ms,
+             int(record.get("attempts") or 0)])
         return result[0], [int(p) for p in result[1:]]
 
     def renew(self, leases: list[tuple[str, int]]) -> None:

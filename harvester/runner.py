@@ -271,7 +271,7 @@ class PageRunner:
         outcome, claimed = "committed", []
         if plain:
             outcome, claimed, by_page = self.ledger.commit_run(
-                job_id, [w.fetched.commit for w in plain])
+                job_id, [w.fetched.commit for w in plain], requests=sum(w.sent for w in plain))
             for w in reversed(plain):  # the segment's last page first, so each can be cut
                 if by_page[w.page] != "committed":
                     self.fetcher.discard(job_id, w.fetched.commit)
@@ -384,7 +384,7 @@ class PageRunner:
         outcome, claimed = self.ledger.commit(
             job_id, fetched.commit, total=follows.total, close=follows.close,
             next_link=successor.to_dict() if successor else None,
-            identity=successor.identity if successor else None)
+            identity=successor.identity if successor else None, requests=sent)
         if outcome == "repeated":
             self.fetcher.discard(job_id, fetched.commit)
             what = successor.cursor if successor.cursor is not None else successor.url

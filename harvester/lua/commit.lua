@@ -3,7 +3,7 @@
 -- ARGV: prefix, page, location, raw_bytes, gz_bytes, lines, total_or_empty,
 --       close ('1' when no page can follow), queued_until, finalizer_until,
 --       next_link ('' or the successor's link, JSON), identity ('' or the link's
---       identity, which must not repeat within the job).
+--       identity, which must not repeat within the job), requests (HTTP requests sent).
 -- Returns {outcome, claimed pages...}; outcome is committed|last|duplicate|closed|repeated;
 -- a duplicate returns {'duplicate', the standing location, the pages its commit claimed
 -- (encode_pages)}. The stored value is "location" or "location|claimed pages": a lost
@@ -34,6 +34,7 @@ redis.call('HINCRBY', job, 'committed', 1)
 redis.call('HINCRBY', job, 'raw_bytes', ARGV[4])
 redis.call('HINCRBY', job, 'gz_bytes', ARGV[5])
 redis.call('HINCRBY', job, 'lines', ARGV[6])
+if tonumber(ARGV[13]) > 0 then redis.call('HINCRBY', job, 'requests', ARGV[13]) end
 if ARGV[7] ~= '' and redis.call('HGET', job, 'open') == '1' then
   local known = tonumber(redis.call('HGET', job, 'total'))
   redis.call('HSET', job, 'total', math.max(known, tonumber(ARGV[7])))

@@ -3,15 +3,15 @@
 -- whole run and one claim at the end. Only for pages that name no total, successor or
 -- end (the runner commits those one by one).
 -- KEYS: job, lease, tries, failed, todo, owner, buckets.
--- ARGV: prefix, queued_until, finalizer_until, then per page: page, location,
---       raw_bytes, gz_bytes, lines.
+-- ARGV: prefix, queued_until, finalizer_until, requests (HTTP requests the run took),
+--       then per page: page, location, raw_bytes, gz_bytes, lines.
 -- Returns {outcome, count, claimed pages..., then per page: page, status, standing}:
 -- outcome is committed|last|closed; status is 'new', 'standing' (a commit stood
 -- already: standing is its value, ours when this is a replay of a lost reply) or
 -- 'closed'. The claims are stored on the run's last new page ("location|pages", encode_pages).
 local job, lease, prefix = KEYS[1], KEYS[2], ARGV[1]
 local pages, values = {}, {}
-for i = 4, #ARGV, 5 do
+for i = 5, #ARGV, 5 do
   pages[#pages + 1] = ARGV[i]
   values[ARGV[i]] = {ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]),
                      tonumber(ARGV[i + 4])}
@@ -55,6 +55,7 @@ if #fresh > 0 then
   redis.call('HINCRBY', job, 'raw_bytes', raw)
   redis.call('HINCRBY', job, 'gz_bytes', gz)
   redis.call('HINCRBY', job, 'lines', lines)
+  if tonumber(ARGV[4]) > 0 then redis.call('HINCRBY', job, 'requests', ARGV[4]) end
   if maybe_finish(job, lease, ARGV[3]) then
     outcome = 'last'
   else

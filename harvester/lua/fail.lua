@@ -1,5 +1,5 @@
 -- A page failed for good. KEYS: job, lease, failed, todo, owner, claims.
--- ARGV: prefix, page, record_json, close, queued_until, finalizer_until.
+-- ARGV: prefix, page, record_json, close, queued_until, finalizer_until, requests.
 -- Returns {outcome, claimed pages...}; outcome is failed|last|duplicate|closed.
 local job, lease, page = KEYS[1], KEYS[2], ARGV[2]
 if redis.call('HGET', job, 'state') ~= 'running' then return {'closed'} end
@@ -10,7 +10,10 @@ if redis.call('HEXISTS', KEYS[3], page) == 1 and redis.call('HEXISTS', KEYS[6], 
   for p in string.gmatch(redis.call('HGET', KEYS[6], page), '[^,]+') do reply[#reply + 1] = p end
   return reply
 end
-if redis.call('HSET', KEYS[3], page, ARGV[3]) == 1 then redis.call('HINCRBY', job, 'failed', 1) end
+if redis.call('HSET', KEYS[3], page, ARGV[3]) == 1 then
+  redis.call('HINCRBY', job, 'failed', 1)
+  if tonumber(ARGV[7]) > 0 then redis.call('HINCRBY', job, 'requests', ARGV[7]) end
+end
 redis.call('ZREM', lease, page)
 redis.call('HDEL', KEYS[5], page)
 if ARGV[4] == '1' then redis.call('HSET', job, 'open', '0') end

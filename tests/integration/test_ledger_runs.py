@@ -59,16 +59,17 @@ def test_a_run_commits_each_page_and_refills_the_window_once(ledger):
 
 def test_a_run_replayed_after_a_lost_reply_stands_with_its_claims(ledger):
     """The same commit run twice (its first reply lost): the second call commits
-    nothing more, counts nothing twice, claims nothing new, and hands back the pages
+    nothing more, counts nothing twice (pages, bytes, requests), claims nothing new, and hands back the pages
     the first call claimed, so the caller can still send them."""
     _create(ledger, total=100, window=16)
     ledger.start_pages(JOB, list(range(1, 9)), "w1")
     run = [_commit(p) for p in range(1, 9)]
-    first = ledger.commit_run(JOB, run)
-    again = ledger.commit_run(JOB, run)
+    first = ledger.commit_run(JOB, run, requests=11)
+    again = ledger.commit_run(JOB, run, requests=11)
     assert again == first
     state = ledger.state(JOB)
     assert (state.committed, state.raw_bytes) == (8, 8000)
+    assert ledger.field(JOB, "requests") == "11"  # the run's requests, counted once
     assert state.in_flight == 16
 
 
