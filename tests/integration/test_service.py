@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from support.service import TOKEN, Service, rss
+from support.service import Service, rss
 from support.services import HARVEST
 
 
