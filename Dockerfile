@@ -50,8 +50,9 @@ WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY harvester ./harvester
 COPY workers ./workers
-# constraints.txt: the versions the test suite passed with (Flower's included).
-RUN pip install -c constraints.txt . flower \
+# constraints.txt: the versions the test suite passed with (Flower's included);
+# the serve extra is the job service (harvest serve: FastAPI, uvicorn).
+RUN pip install -c constraints.txt ".[serve]" flower \
     && cd / && rm -rf /src
 
 # Unprivileged user with fixed ids. /data is created here and owned by that
@@ -66,8 +67,8 @@ RUN groupadd --system --gid 10001 harvester \
 WORKDIR /app
 USER 10001:10001
 
-# Flower's web UI (only used by the flower service).
-EXPOSE 5555
+# Flower's web UI and the job service (only used by the flower and serve services).
+EXPOSE 5555 8900
 
 # A Celery worker with the project's settings; `harvest worker --help` lists
 # the Celery worker options that can be appended.

@@ -35,13 +35,15 @@ def test_a_plain_install_runs_a_local_job_and_a_worker_imports(clean_venv, api, 
     """`pip install .` (no extras) gives a `harvest` whose --local job (redis-server,
     Celery workers on kombu's Redis transport) ends 0 with every page exactly once, and
     whose worker app imports: every module the package imports is declared. The install
-    built the C validator from source (a compiler is on this machine)."""
+    built the C validator from source (a compiler is on this machine). The Python API
+    imports too; `harvest serve`, an extra, names the extra to install."""
     env = {key: value for key, value in os.environ.items()
            if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env.update(HARVEST_HOME=str(tmp_path / "home"), PATH=f"{clean_venv / 'bin'}:{env['PATH']}")
     imports = subprocess.run(
         [str(clean_venv / "bin" / "python"), "-c",
          "import kombu.transport.redis, workers.app, harvester.cli, harvester.body as b;"
+         " from harvester import Harvester, Job, JobStatus; import harvester.output;"
          " print('ok' if b.NATIVE else 'no C validator')"],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert imports.stdout.strip() == "ok", imports.stderr
@@ -66,3 +68,8 @@ dir = "out"
     verify = subprocess.run([str(clean_venv / "bin" / "harvest"), "verify", "out"],
                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
     assert verify.returncode == 0, verify.stderr
+    # The job service is an extra: without it, `harvest serve` says how to get it.
+    serve = subprocess.run([str(clean_venv / "bin" / "harvest"), "serve"], capture_output=True,
+                           text=True, cwd=tmp_path, timeout=60,
+                           env={**env, "HARVEST_API_TOKEN": "t" * 24})
+    assert serve.returncode == 2 and "harvester[serve]" in serve.stderr, serve.stderr

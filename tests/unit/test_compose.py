@@ -41,7 +41,7 @@ COMPOSE_JOB = EXAMPLES / "demo-compose.toml"
 README_COMPOSE_SECTION = "## Scaling out, compose and Flower"
 
 # The services that run the project's image (everything but redis).
-HARVESTER_SERVICES = ("worker", "flower", "harvest")
+HARVESTER_SERVICES = ("worker", "flower", "harvest", "serve")
 DATA_MOUNT = "/data"
 
 
@@ -309,6 +309,25 @@ def test_flower_gets_no_job_secrets(services: dict) -> None:
     assert "DEMO_API_TOKEN" not in env
 
 
+def test_the_job_service_runs_beside_flower_locked_and_on_loopback(services: dict) -> None:
+    """`serve` runs `harvest serve` on 0.0.0.0:8900 inside the network, needs a required
+    `${HARVEST_API_TOKEN:?msg}`, publishes 8900 on 127.0.0.1 unless SERVE_BIND says
+    otherwise, is health-checked on /healthz, reads the workers' broker, and gets no job
+    secrets (it runs no page)."""
+    serve = services["serve"]
+    argv = _argv(serve["command"])
+    assert argv[:2] == ["harvest", "serve"] and argv[argv.index("--port") + 1] == "8900"
+    assert argv[argv.index("--host") + 1] == "0.0.0.0"
+    env = _env(serve)
+    assert re.fullmatch(r"\$\{HARVEST_API_TOKEN:\?[^}]+\}", env["HARVEST_API_TOKEN"])
+    assert env["HARVEST_REDIS_URL"] == _env(services["worker"])["HARVEST_REDIS_URL"]
+    assert "API_TOKEN" not in env and "DEMO_API_TOKEN" not in env
+    [port] = serve["ports"]
+    assert _interpolate(str(port)) == "127.0.0.1:8900:8900"
+    assert _interpolate(str(port), {"SERVE_BIND": "0.0.0.0"}) == "0.0.0.0:8900:8900"
+    assert "/healthz" in " ".join(_argv(serve["healthcheck"]["test"]))
+
+
 # --------------------------------------------------------------------------- shared data
 
 
@@ -351,13 +370,13 @@ def test_dockerfile_default_command_is_harvest_worker() -> None:
 
 
 def test_dockerfile_base_user_and_install() -> None:
-    """Based on python:3.11-slim, installs the project (no extras, pinned by the tested
-    constraints.txt) plus flower, runs as a non-root user in /app."""
+    """Based on python:3.11-slim, installs the project (with only the serve extra, pinned
+    by the tested constraints.txt) plus flower, runs as a non-root user in /app."""
     instructions = _dockerfile_instructions()
     stage = _final_stage(instructions)
     assert stage[0][1].split()[0] == "python:3.11-slim"
     runs = " ".join(args for word, args in instructions if word == "RUN")
-    assert re.search(r"pip install\s+-c constraints\.txt\s+\.(\s|$)", runs), runs
+    assert re.search(r"pip install\s+-c constraints\.txt\s+\"\.\[serve\]\"(\s|$)", runs), runs
     assert "flower" in runs
     users = [args for word, args in stage if word == "USER"]
     assert users, "no USER: the image would run as root"
@@ -596,7 +615,7 @@ def test_every_compose_variable_has_a_default_or_is_required(compose: dict) -> N
             if match.group(0) == "$$":
                 continue
             assert match.group(2) in (":-", ":?"), f"{match.group(0)} has no default"
-        _interpolate(text, {"FLOWER_BASIC_AUTH": "admin:pw"})
+        _interpolate(text, {"FLOWER_BASIC_AUTH": "admin:pw", "HARVEST_API_TOKEN": "t" * 24})
 
 
 def test_dockerignore_keeps_only_what_the_image_copies() -> None:
