@@ -511,6 +511,11 @@ def scale_main(argv: list[str]) -> None:
         try:
             for trial in range(args.repeat):
                 rows.append(_scale_trial(cluster, api, args.pages, trial))
+                row = rows[-1]
+                print(f"run {trial + 1}: {row['rate']:,.0f} pages/s, Redis peak {mb(row['peak'])},"
+                      f" {row['per_page']:.1f} B per committed page, finalizer"
+                      f" {row['finalize']:.1f} s / {mb(row['final_rss'])}, progress lag"
+                      f" {row['lag_median']:.2f} / {row['lag_max']:.2f} s", flush=True)
         finally:
             cluster.stop()
     shutil.rmtree(workdir, ignore_errors=True)
