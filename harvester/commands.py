@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from . import coordinator
-from .client import Harvester, Job
+from .client import CANCEL_SEAL_WAIT, Harvester, Job
 from .errors import JobStateError
 from .job import load_job
 from .local import LocalCluster
@@ -20,8 +20,6 @@ from .settings import Settings
 from .watch import EXIT_FAILED_PAGES, EXIT_OK, watch
 
 EXIT_USAGE, EXIT_ERROR = 2, 4
-# How long `harvest cancel` waits for a worker to start sealing before it seals itself.
-CANCEL_FINALIZE_WAIT = 10.0
 
 
 class Context:
@@ -141,8 +139,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     with context(args.local, 0) as ctx:
         try:
             # With --local no worker serves the job: seal it here at once.
-            ctx.harvester.cancel(args.job_id, seal_wait=0 if args.local else
-                                 CANCEL_FINALIZE_WAIT)
+            ctx.harvester.cancel(args.job_id, seal_wait=0 if args.local else CANCEL_SEAL_WAIT)
         except JobStateError as exc:
             _err(str(exc))
             return EXIT_ERROR

@@ -93,29 +93,28 @@ class SealedOutput:
                                path=self.store.location, retryable=False)
 
     def pages(self) -> Iterator[dict[str, Any]]:
-        """Each page (``{"page", "url", "status", "fetched_at", "body"}``), one at a time."""
+        """Each page (``{"page", "url", "status", "fetched_at", "body"}``), one at a time.
+        Refused at once (not at the first page) for a records-mode output."""
         if self.mode != "pages":
             raise OutputError(f"job {self.job_id} was harvested in records mode: its output"
                               " keeps records, not pages", job_id=self.job_id)
-        for line in self.lines():
-            yield json.loads(line)
+        return (json.loads(line) for line in self.lines())
 
     def records(self) -> Iterator[Any]:
         """Each record, in page order. In pages mode they are read out of each page's
         body at the job's ``records_path`` by an incremental parser, so a page of any
-        size costs the memory of one record."""
+        size costs the memory of one record. Refused at once where there is no
+        ``records_path`` to read them at."""
         if self.mode == "records":
-            for line in self.lines():
-                yield json.loads(line)
-            return
+            return (json.loads(line) for line in self.lines())
         path = self.records_path
         if path is None:
             raise OutputError(f"job {self.job_id} names no records_path: its pages cannot be"
                               " split into records (read them with pages())",
                               job_id=self.job_id)
         prefix = ".".join(("body", *split_path(path), "item"))
-        yield from ijson.items(_Reader(self.decompressed()), prefix, multiple_values=True,
-                               use_float=True)
+        return ijson.items(_Reader(self.decompressed()), prefix, multiple_values=True,
+                           use_float=True)
 
     def failed(self) -> Iterator[dict[str, Any]]:
         """The ``_failed.jsonl`` records: one per page that failed for good."""

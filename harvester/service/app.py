@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
 from collections.abc import Iterator
 from importlib.resources import files
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, \
-    StreamingResponse
+from fastapi.responses import (HTMLResponse, JSONResponse, RedirectResponse, Response,
+                               StreamingResponse)
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from ..client import Harvester, Job
@@ -49,7 +50,7 @@ def _error_body(exc: HarvesterError) -> dict[str, Any]:
     body: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
     if isinstance(exc, JobSpecError):
         body["key"] = exc.key
-    if isinstance(exc, (JobStateError,)):
+    if isinstance(exc, JobStateError):
         body["state"] = exc.state
     return body
 
@@ -106,7 +107,7 @@ def create_app(harvester: Harvester, token: str) -> Any:
         return JSONResponse(_error_body(exc), status_code=_status_for(exc))
 
     @app.get("/healthz")
-    def healthz() -> dict[str, Any]:
+    def healthz() -> Any:
         try:
             harvester.ping()
         except BrokerUnavailable as exc:
@@ -133,8 +134,6 @@ def create_app(harvester: Harvester, token: str) -> Any:
         if len(body) > MAX_JOB_BODY:
             raise JobSpecError("a job is at most 1 MiB", path="<request>")
         if "json" in request.headers.get("content-type", ""):
-            import json
-
             try:
                 document = json.loads(body)
             except ValueError as exc:
@@ -203,8 +202,6 @@ def create_app(harvester: Harvester, token: str) -> Any:
             return StreamingResponse(lines, media_type="application/jsonl",
                                      headers={"Content-Length": str(output.raw_bytes)})
         # Records of a pages-mode job: read out of each page body, one at a time.
-        import json
-
         records = output.records()
         lines = (json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
                  for record in records)

@@ -63,7 +63,7 @@ def test_submit_wait_and_read_records_and_pages(api, job_file, harvester, tmp_pa
     assert harvester.wait(second, timeout=60).ok
     assert [r["id"] for r in harvester.records(second)] == list(range(1, 41))
     with pytest.raises(OutputError, match="records mode"):
-        next(harvester.pages(second))
+        harvester.pages(second)  # refused at once, not at the first page
     assert {s.job_id for s in harvester.jobs()} >= {job_id, second}
 
 
@@ -88,7 +88,7 @@ def test_failures_retry_and_the_errors_a_caller_catches(api, job_file, harvester
     assert harvester.wait(job_id, timeout=120).ok
     assert sorted(p["page"] for p in harvester.pages(job_id)) == list(range(1, 31))
     with pytest.raises(OutputError, match="records_path"):
-        next(harvester.records(job_id))  # pages mode, and the job never said where they are
+        harvester.records(job_id)  # pages mode, and the job never said where they are
 
     with pytest.raises(JobNotFound) as missing:
         harvester.status("no-such-job")
