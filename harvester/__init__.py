@@ -19,7 +19,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(client, name)
     if name == "SealedOutput":
-        from .output import SealedOutput
+        from .engine.output import SealedOutput
 
         return SealedOutput
     if name == "HarvesterError":

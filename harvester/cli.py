@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from . import commands, logs
+    from . import logs
+    from .terminal import commands
     from .errors import (BrokerUnavailable, HarvesterError, JobSpecError, LocalClusterError,
                          OutputDirError)
     from .settings import Settings
@@ -163,7 +164,7 @@ def _crashed(exc: Exception) -> int:
     """One line for the user, the traceback in a file: never a raw traceback, never exit 1."""
     text = "".join(traceback.format_exception(exc))
     try:
-        from .secrets import scrub
+        from .core.secrets import scrub
         text, message = scrub(text), scrub(str(exc))
     except Exception:  # noqa: BLE001 - a broken install may not import even this
         message = str(exc)

@@ -28,13 +28,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import coordinator
+from .engine import coordinator
 from .errors import JobStateError, OutputNotSealed, WaitTimeout
-from .job import JobSpec, job_from_document, job_from_toml, load_job
-from .ledger import JobState, Ledger
-from .output import SealedOutput
+from .core.job import JobSpec, job_from_document, job_from_toml, load_job
+from .edges.ledger import JobState, Ledger
+from .engine.output import SealedOutput
 from .settings import Settings, ledger_for
-from .store import open_store
+from .edges.store import open_store
 
 # How long cancel() waits for a worker to start sealing a cancelled job before it
 # seals it itself (no worker may serve the job).
@@ -157,7 +157,7 @@ class Harvester:
             if self._dispatcher is None:
                 from workers.app import make_app
 
-                from .dispatch import CeleryDispatcher
+                from .engine.dispatch import CeleryDispatcher
 
                 self._app = make_app(self.settings)
                 self._dispatcher = CeleryDispatcher(self._app,
@@ -241,7 +241,7 @@ class Harvester:
             raise JobStateError(f"job {job_id} is {result}; nothing to cancel",
                                 job_id=job_id, state=result)
         if not self._sealed_by_a_worker(job_id, seal_wait):
-            from .finalizer import finalize
+            from .engine.finalizer import finalize
 
             finalize(self.ledger, job_id, part_bytes=self.settings.part_bytes,
                      worker=f"api-{os.getpid()}")

@@ -156,7 +156,7 @@ class PageFailed(HarvesterError):
     """
 
     def __init__(self, job_id: str, page: int, error_class: str, message: str):
-        from .secrets import scrub
+        from .core.secrets import scrub
 
         self.job_id = job_id
         self.page = page

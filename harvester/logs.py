@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from .secrets import scrub
+from .core.secrets import scrub
 
 # A condition the harvester logs when it starts -> the event that says it ended.
 CONDITIONS = {"redis.unavailable": "redis.available"}

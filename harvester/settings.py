@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runs import default_run_pages
+from .core.runs import default_run_pages
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -48,7 +48,7 @@ class Settings:
     log_format: str
     # How long a final job's ledger stays in Redis (0 = for ever); then it expires.
     keep_seconds: float = 30 * 86400
-    # Most pages one task message carries (see harvester.runs); 1 = a message a page.
+    # Most pages one task message carries (see harvester.core.runs); 1 = a message a page.
     run_pages: int = 32
 
     @classmethod
@@ -75,7 +75,7 @@ class Settings:
 
 def ledger_for(settings: Settings):
     """The ledger these settings describe (imported late: settings stay I/O-free)."""
-    from .ledger import Ledger
+    from .edges.ledger import Ledger
 
     return Ledger.from_url(settings.redis_url, lease_seconds=settings.lease_seconds,
                            queued_seconds=settings.queued_seconds,

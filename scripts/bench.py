@@ -291,7 +291,7 @@ def _watch_rss(process: subprocess.Popen) -> int:
 
 def naive_enqueue_memory(pages: int, workdir: Path) -> int:
     """Redis memory when every page's Celery message is enqueued up front."""
-    from harvester.dispatch import CeleryDispatcher
+    from harvester.engine.dispatch import CeleryDispatcher
     from harvester.settings import Settings
     from workers.app import make_app
 

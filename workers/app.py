@@ -8,7 +8,7 @@
   is never redelivered while it runs; ``unacked_restore_interval`` and
   ``unacked_restore_throttle`` at 1 s so that, once it expires, a dead worker's
   message is back in about a second instead of kombu's default 10 x 10 s sweep.
-  Leases in the ledger (see ``harvester.heartbeat``) re-send a dead worker's page
+  Leases in the ledger (see ``harvester.engine.heartbeat``) re-send a dead worker's page
   within seconds, long before that.
 - Task events on, so Flower shows every page task.
 - Logging: Celery's records go through the harvester's structlog pipeline. With
@@ -27,7 +27,7 @@ from celery.exceptions import CPendingDeprecationWarning
 from celery.signals import celeryd_after_setup, celeryd_init, setup_logging
 
 from harvester import logs
-from harvester.dispatch import QUEUE
+from harvester.engine.dispatch import QUEUE
 from harvester.settings import Settings
 
 from . import broker

@@ -9,11 +9,11 @@ import structlog
 from celery.exceptions import Reject
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
-from harvester.dispatch import FINALIZE_TASK, PAGE_TASK, RUN_TASK, CeleryDispatcher
+from harvester.engine.dispatch import FINALIZE_TASK, PAGE_TASK, RUN_TASK, CeleryDispatcher
 from harvester.errors import Abandoned, HarvesterError, PageFailed
-from harvester.finalizer import finalize
-from harvester.heartbeat import Heartbeat
-from harvester.runner import PageRunner
+from harvester.engine.finalizer import finalize
+from harvester.engine.heartbeat import Heartbeat
+from harvester.engine.runner import PageRunner
 from harvester.settings import Settings, ledger_for
 
 from .app import app
@@ -50,7 +50,7 @@ def harvest_page(self, job_id: str, page: int) -> str:
     return _run(str(job_id), [int(page)])
 
 
-# A run of pages (see harvester.runs): Flower shows the pages in its args; a page of
+# A run of pages (see harvester.core.runs): Flower shows the pages in its args; a page of
 # it that failed for good makes it FAILURE, naming every failed page of the run.
 @app.task(name=RUN_TASK, bind=True, throws=(PageFailed,))
 def harvest_pages(self, job_id: str, pages: list[int]) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..client import JobStatus
-from ..progress import Rate
+from ..terminal.progress import Rate
 
 KEEPALIVE_SECONDS = 15.0
 RECONNECT_MS = 2000

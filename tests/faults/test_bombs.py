@@ -97,7 +97,7 @@ def test_a_compression_bomb_fails_at_max_page_bytes(cluster, harvest, tmp_path):
 
 def test_the_default_cap_is_4_gib_and_0_means_none(tmp_path):
     """A job without max_page_bytes caps a page at 4 GiB of decoded bytes; 0 turns it off."""
-    from harvester.job import load_job
+    from harvester.core.job import load_job
 
     assert load_job(_job(tmp_path / "a.toml", "http://127.0.0.1:1/x")).http.max_page_bytes \
         == 4 << 30
@@ -123,7 +123,7 @@ def test_a_huge_key_is_harvested_in_constant_memory(mode, cluster, harvest, tmp_
     """A record holding one 256 MiB key, checked by the C validator (which holds no
     token): the page is committed whole after one request, in records mode (one line,
     the record) and pages mode alike, and the worker stays under 100 MB RSS."""
-    from harvester.body import NATIVE
+    from harvester.core.body import NATIVE
 
     if not NATIVE:
         pytest.skip("built without the C validator")

@@ -22,7 +22,7 @@ from support.demo import start_demo_api
 from support.events import TaskEvents, broker_backlog
 from support.hostile import HostileServer, Request, respond
 
-from harvester.dispatch import FINALIZE_TASK, PAGE_TASK, RUN_TASK
+from harvester.engine.dispatch import FINALIZE_TASK, PAGE_TASK, RUN_TASK
 
 TOKEN = "tok-flower-Qm3x-never-shown"
 PAGES = 12

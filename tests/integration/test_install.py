@@ -42,8 +42,8 @@ def test_a_plain_install_runs_a_local_job_and_a_worker_imports(clean_venv, api, 
     env.update(HARVEST_HOME=str(tmp_path / "home"), PATH=f"{clean_venv / 'bin'}:{env['PATH']}")
     imports = subprocess.run(
         [str(clean_venv / "bin" / "python"), "-c",
-         "import kombu.transport.redis, workers.app, harvester.cli, harvester.body as b;"
-         " from harvester import Harvester, Job, JobStatus; import harvester.output;"
+         "import kombu.transport.redis, workers.app, harvester.cli, harvester.core.body as b;"
+         " from harvester import Harvester, Job, JobStatus; import harvester.engine.output;"
          " print('ok' if b.NATIVE else 'no C validator')"],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert imports.stdout.strip() == "ok", imports.stderr

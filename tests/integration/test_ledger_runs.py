@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from harvester.job import parse_job
-from harvester.ledger import Commit, Ledger
+from harvester.core.job import parse_job
+from harvester.edges.ledger import Commit, Ledger
 
 JOB = "runjob"
 

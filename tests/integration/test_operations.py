@@ -203,7 +203,7 @@ def _cli(code: str, tmp_path) -> subprocess.CompletedProcess:
 def test_an_unexpected_error_is_one_line_exit_4_and_a_crash_log(tmp_path):
     """A bug inside a command prints one line naming the error and a crash log file
     holding the traceback; never a raw traceback, never exit 1."""
-    result = _cli("import sys, harvester.commands as c\n"
+    result = _cli("import sys, harvester.terminal.commands as c\n"
                   "def boom(args): raise KeyError('surprise')\n"
                   "c.cmd_status = boom\n"
                   "from harvester.cli import main\n"

@@ -109,7 +109,7 @@ def test_duplicate_page_tasks_leave_one_copy(api, job_file, harvest, redis_serve
     (a run delivered twice), and again both ways after it is final: each page is in the
     output exactly once."""
     from workers.app import make_app
-    from harvester.dispatch import CeleryDispatcher
+    from harvester.engine.dispatch import CeleryDispatcher
     from harvester.settings import Settings
 
     workers.start()
@@ -267,7 +267,7 @@ def test_a_run_of_slow_pages_goes_on_as_single_pages(job_file, harvest, redis_se
     the output holds every page exactly once."""
     from support.events import TaskEvents
 
-    from harvester.dispatch import PAGE_TASK, RUN_TASK
+    from harvester.engine.dispatch import PAGE_TASK, RUN_TASK
 
     workers.env["HARVEST_RUN_PAGES"] = "20"
     harvest.env["HARVEST_RUN_PAGES"] = "20"

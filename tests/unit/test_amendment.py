@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harvester.amendment import amend
+from harvester.core.amendment import amend
 from harvester.errors import JobSpecError
-from harvester.job import parse_job
+from harvester.core.job import parse_job
 
 STORED_DIR = "/data/out"
 

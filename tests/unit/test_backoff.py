@@ -1,4 +1,4 @@
-"""harvester.backoff: exponential backoff with equal jitter, and Retry-After parsing."""
+"""harvester.core.backoff: exponential backoff with equal jitter, and Retry-After parsing."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from harvester.backoff import compute_backoff, parse_retry_after
+from harvester.core.backoff import compute_backoff, parse_retry_after
 
 NOW = datetime(2024, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 

@@ -1,11 +1,11 @@
-"""harvester.body.BodyInspector: streamed validation of a response body, and the
+"""harvester.core.body.BodyInspector: streamed validation of a response body, and the
 few scalar values pagination reads from it."""
 
 from __future__ import annotations
 
 import pytest
 
-from harvester.body import BodyInspector
+from harvester.core.body import BodyInspector
 from harvester.errors import BodyError, InvalidJSON
 
 DOC = ('{"meta": {"total_pages": 12, "next_cursor": "c\\u00e9-2", "none": null,'
@@ -141,7 +141,7 @@ def test_error_message_is_one_line():
 # ----------------------------------------------------------------- TokenGuard
 
 def _guard_feeds(body: bytes, size: int, limit: int) -> None:
-    from harvester.body import TokenGuard
+    from harvester.core.body import TokenGuard
 
     guard = TokenGuard(limit)
     for i in range(0, len(body), size):
@@ -180,7 +180,7 @@ def test_many_tokens_under_the_limit_pass_at_any_chunking(size):
 def test_the_inspector_bounds_a_huge_key_in_constant_memory():
     """With ijson (no C validator), BodyInspector fails a body whose key runs past
     MAX_TOKEN_BYTES before yajl has buffered more than that (fed 1 MiB at a time)."""
-    from harvester.body import MAX_TOKEN_BYTES
+    from harvester.core.body import MAX_TOKEN_BYTES
     from harvester.errors import PageTooLarge
 
     inspector = BodyInspector(native=False)
@@ -200,7 +200,7 @@ def test_the_c_validator_takes_a_huge_key_and_both_validators_agree():
     validator and ijson give the same verdict."""
     import tracemalloc
 
-    from harvester.body import NATIVE
+    from harvester.core.body import NATIVE
 
     if not NATIVE:
         pytest.skip("built without the C validator")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from harvester.errors import PaginationError
-from harvester.job import parse_job
-from harvester.pagination import (Link, is_chain, is_fan_out, next_after, next_link,
+from harvester.core.job import parse_job
+from harvester.core.pagination import (Link, is_chain, is_fan_out, next_after, next_link,
                                   parse_link_header, request_for, wanted_values)
-from harvester.scan import Unreadable
-from harvester.secrets import SecretSet, Template
+from harvester.core.scan import Unreadable
+from harvester.core.secrets import SecretSet, Template
 
 URL = "https://api.example.com/v1/items"
 
@@ -168,7 +168,7 @@ def test_a_literal_template_from_the_api_is_never_resolved():
 def test_every_form_of_a_secret_is_caught():
     """Lower-case percent escapes, + for spaces, a mix, and repr/JSON escapes of a secret
     are all redacted; the same letters in another case are not."""
-    from harvester.secrets import redact
+    from harvester.core.secrets import redact
 
     secret = "s3cr/t k\n"
     for form in ("s3cr/t k\n", "s3cr%2Ft%20k%0A", "s3cr%2ft%20k%0a", "s3cr%2Ft+k%0A",

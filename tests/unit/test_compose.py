@@ -26,9 +26,9 @@ import pytest
 import yaml
 
 from harvester.cli import build_parser
-from harvester.job import load_job
-from harvester.outdir import SYSTEM_DIRS
-from harvester.secrets import TEMPLATE
+from harvester.core.job import load_job
+from harvester.edges.outdir import SYSTEM_DIRS
+from harvester.core.secrets import TEMPLATE
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose.yaml"

@@ -8,8 +8,8 @@ import time
 from structlog.testing import capture_logs
 
 from harvester.errors import BrokerUnavailable
-from harvester.heartbeat import Heartbeat
-from harvester.runner import InFlight
+from harvester.engine.heartbeat import Heartbeat
+from harvester.engine.runner import InFlight
 
 
 class FlakyLedger:

@@ -1,4 +1,4 @@
-"""harvester.job: TOML job files in, validated immutable JobSpec out.
+"""harvester.core.job: TOML job files in, validated immutable JobSpec out.
 
 Every rejection must name the dotted key both in the message and in
 ``JobSpecError.key``; templates stay verbatim; ``load_job`` makes the output
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from harvester.errors import JobSpecError
-from harvester.job import HttpSpec, JobSpec, OutputSpec, PaginationSpec, load_job, parse_job
+from harvester.core.job import HttpSpec, JobSpec, OutputSpec, PaginationSpec, load_job, parse_job
 
 VALID_TOML = '''\
 [job]

@@ -1,4 +1,4 @@
-"""harvester._jsoncheck, the C validator: it accepts exactly what a strict parser
+"""harvester.core._jsoncheck, the C validator: it accepts exactly what a strict parser
 accepts (RFC 8259, strict UTF-8), wherever the chunks split the body."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-jsoncheck = pytest.importorskip("harvester._jsoncheck")
+jsoncheck = pytest.importorskip("harvester.core._jsoncheck")
 
 
 def _strictly_valid(data: bytes) -> bool:

@@ -1,8 +1,9 @@
-"""The values the ledger stores per committed page, read back without Redis."""
+"""The values the ledger stores per committed page (harvester.core.layout), read back
+without Redis."""
 
 from __future__ import annotations
 
-from harvester.ledger import Commit, decode_pages
+from harvester.core.layout import Commit, decode_pages
 
 
 def test_claimed_pages_decode_from_ranges_in_their_order():

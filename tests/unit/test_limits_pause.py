@@ -4,8 +4,8 @@ process, not one per page. A stand-in ledger and clock; no sockets."""
 
 from __future__ import annotations
 
-from harvester import limits
-from harvester.limits import PAUSE_CHECK_SECONDS, RequestLimiter
+from harvester.engine import limits
+from harvester.engine.limits import PAUSE_CHECK_SECONDS, RequestLimiter
 
 
 class Clock:

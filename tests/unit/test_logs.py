@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from harvester import logs
 from harvester.logs import QuietRepeats
-from harvester.secrets import scrub
+from harvester.core.secrets import scrub
 
 
 class Clock:

@@ -1,4 +1,4 @@
-"""harvester.manifest: the seal plan (pages grouped into parts) and manifest merging."""
+"""harvester.core.manifest: the seal plan (pages grouped into parts) and manifest merging."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from harvester.ledger import Commit
-from harvester.manifest import (
+from harvester.core.layout import Commit
+from harvester.core.manifest import (
     FAILED,
     FORMAT,
     PlannedPart,
@@ -20,7 +20,7 @@ from harvester.manifest import (
     plan_to_json,
     shard_entry,
 )
-from harvester.storage import Piece
+from harvester.core.layout import Piece
 
 SEGMENTS = {0: ".segments/j/w0.seg", 1: ".segments/j/w1.seg"}
 

@@ -1,4 +1,4 @@
-"""harvester.store.s3.ObjectSegment with a stand-in S3 client (no sockets): a segment
+"""harvester.edges.store.s3.ObjectSegment with a stand-in S3 client (no sockets): a segment
 is uploaded whole by sync(), the commit point; an upload that fails leaves the segment
 broken, so its pages can never be committed from it, and the writer moves on."""
 
@@ -10,7 +10,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from harvester.errors import StorageError
-from harvester.store import s3
+from harvester.edges.store import s3
 
 
 class FakeClient:

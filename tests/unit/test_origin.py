@@ -1,4 +1,4 @@
-"""harvester.origin: where a request may go, decided by the parser that connects.
+"""harvester.core.origin: where a request may go, decided by the parser that connects.
 
 Each trick below once made (or could make) ``urllib.parse`` and urllib3 disagree
 about the host; the harvester must refuse it or read it exactly as urllib3
@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from harvester.errors import ForeignOrigin, UnsafeURL
-from harvester.origin import Origin, check_api_url, check_request, origin_of
+from harvester.core.origin import Origin, check_api_url, check_request, origin_of
 
 JOB = Origin("http", "127.0.0.1", 18080)
 

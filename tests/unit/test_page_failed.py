@@ -8,7 +8,7 @@ import pickle
 from celery.utils.serialization import get_pickleable_exception
 from celery.utils.saferepr import saferepr
 
-from harvester import secrets
+from harvester.core import secrets
 from harvester.errors import HarvesterError, PageFailed
 
 
@@ -40,7 +40,7 @@ def test_the_terminal_names_the_commonest_failure_reasons():
     """After a job with failed pages, `harvest run` says why: the commonest reasons
     first, each with how many pages share it and the lowest such page; at most three,
     then how many other reasons there are; long messages are cut."""
-    from harvester.watch import failure_reasons
+    from harvester.terminal.watch import failure_reasons
 
     def record(error_class, message):
         return {"error_class": error_class, "message": message}

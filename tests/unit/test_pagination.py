@@ -1,4 +1,4 @@
-"""harvester.pagination: page counts and the request for fan-out page N (pure)."""
+"""harvester.core.pagination: page counts and the request for fan-out page N (pure)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from harvester.body import BodyInspector
+from harvester.core.body import BodyInspector
 from harvester.errors import PaginationError
-from harvester.job import JobSpec, parse_job
-from harvester.pagination import (
+from harvester.core.job import JobSpec, parse_job
+from harvester.core.pagination import (
     PageRequest,
     is_fan_out,
     known_total,

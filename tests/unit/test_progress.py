@@ -1,4 +1,4 @@
-"""harvester.progress: the sliding-window Rate and the one-line describe()."""
+"""harvester.terminal.progress: the sliding-window Rate and the one-line describe()."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from harvester.ledger import JobState
-from harvester.progress import Progress, Rate, describe
+from harvester.edges.ledger import JobState
+from harvester.terminal.progress import Progress, Rate, describe
 
 
 def state(**changes) -> JobState:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harvester.runs import PageCost, default_run_pages, split_runs
+from harvester.core.runs import PageCost, default_run_pages, split_runs
 
 
 @pytest.mark.parametrize(("count", "most", "sizes"), [

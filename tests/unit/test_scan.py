@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from harvester.errors import InvalidJSON
-from harvester.scan import JsonScanner
+from harvester.core.scan import JsonScanner
 
 
 def scan(body: bytes, chunk_sizes, *, records_path=None, value_paths=()):

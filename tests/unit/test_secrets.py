@@ -1,4 +1,4 @@
-"""harvester.secrets: ${VAR} templates found, resolved on demand, and redacted."""
+"""harvester.core.secrets: ${VAR} templates found, resolved on demand, and redacted."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 import base64
 
-from harvester.secrets import (REDACTED, MissingSecret, SecretSet, Template, names_in, redact,
+from harvester.core.secrets import (REDACTED, MissingSecret, SecretSet, Template, names_in, redact,
                                resolve, scrub)
 
 ENV = {"TOKEN": "s3cr3t-token", "USER": "alice", "EMPTY": "", "PASS": "p@ss w/rd&x=1"}

@@ -1,4 +1,4 @@
-"""harvester.storage: gzip members appended to segments, aborted pages cut off,
+"""harvester.edges.storage: gzip members appended to segments, aborted pages cut off,
 and parts sealed by copying committed members."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import zlib
 import pytest
 
 from harvester.errors import StorageError
-from harvester.storage import Member, Piece, SegmentWriter, file_sha256, write_part
+from harvester.edges.storage import Member, Piece, SegmentWriter, file_sha256, write_part
 
 
 def write_page(segment: SegmentWriter, chunks: list[bytes], level: int = 6) -> Member:
@@ -259,7 +259,7 @@ def test_every_level_writes_a_standard_gzip_member(tmp_path, level):
     """Levels 1-2 deflate with ISA-L, 3-9 with zlib-ng; every level's member is a
     standard gzip stream that the stdlib reads back exactly, and level 1 (the
     default) compresses JSON records (to well under half here)."""
-    from harvester.storage import compressor
+    from harvester.edges.storage import compressor
 
     engine = type(compressor(level)).__module__
     assert ("isal" in engine) == (level <= 2), engine

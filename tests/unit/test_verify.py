@@ -1,4 +1,4 @@
-"""harvester.verify.verify: an output dir checked against its manifest.
+"""harvester.engine.verify.verify: an output dir checked against its manifest.
 
 Each test builds a small output dir by hand with the real storage and manifest
 functions (segments -> write_part -> shard_entry -> merge_manifest), then
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from harvester.errors import VerifyError
-from harvester.manifest import (
+from harvester.core.manifest import (
     FAILED,
     MANIFEST,
     SUCCESS,
@@ -26,8 +26,8 @@ from harvester.manifest import (
     part_name,
     shard_entry,
 )
-from harvester.storage import Piece, SegmentWriter, write_part
-from harvester.verify import Report, verify
+from harvester.edges.storage import Piece, SegmentWriter, write_part
+from harvester.engine.verify import Report, verify
 
 SEGMENT = ".segments/job-1/w.seg"
 

@@ -1,0 +1,336 @@
+"""One attempt at one page: resolve its request, pass the limiter, send it, stream
+the body into the thread's segment, and read what the page says follows.
+
+A :class:`PageFetcher` lives once per worker process and is shared by its
+threads; each thread keeps its own Session and segment per job (see
+:class:`_ThreadResources`), so threads never share a socket or a file. The
+page loop around it (retries, commit, failure) is :mod:`harvester.engine.runner`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets as token_source
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import requests
+
+from ..core import pagination
+from ..errors import Abandoned, MissingSecretError, PageError, PaginationError
+from ..edges.fetch import (ResolvedRequest, Response, build_session, check_sendable, display_url,
+                    job_origin, open_page, read_body)
+from ..core.job import JobSpec
+from ..edges.ledger import Commit, Ledger
+from .limits import RequestLimiter
+from ..core.origin import Origin
+from ..core.pagebody import BodyResult, PageBody, is_json_lines
+from ..core.pagination import Link
+from ..core.secrets import MissingSecret, SecretSet, resolve
+from ..settings import Settings
+from ..edges.store import Store, open_store
+from ..core.layout import SEGMENTS_DIR
+from ..edges.store.base import Segment
+
+
+@dataclass(frozen=True)
+class Following:
+    """What a committed page tells the ledger about the job."""
+
+    total: int | None = None  # the job's page count, when this page tells it
+    close: bool = False  # no page can follow this one
+    next_link: Link | None = None  # the successor of a chained page
+    end_reason: str | None = None  # why a chain ends here
+    capped: str | None = None  # max_pages ended the job while the API had more
+    abort: str | None = None  # the job cannot go on (the API caps its page size)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    commit: Commit
+    following: Following
+    requests_sent: int
+
+
+@dataclass
+class _JobResources:
+    session: requests.Session
+    segment: Segment | None = None
+    segment_id: int = 0
+    # Pages written with sync=False since the last sync(), and segments replaced
+    # while holding some: sync() must make those durable too (or fail).
+    unsynced_pages: int = 0
+    retired: list[Segment] = field(default_factory=list)
+
+
+class _ThreadResources(threading.local):
+    def __init__(self) -> None:
+        self.jobs: OrderedDict[str, _JobResources] = OrderedDict()
+
+
+class PageFetcher:
+    MAX_JOBS_PER_THREAD = 4
+
+    def __init__(self, ledger: Ledger, settings: Settings, limiter: RequestLimiter, *,
+                 worker_name: str, stopping: threading.Event):
+        self.ledger = ledger
+        self.settings = settings
+        self.limiter = limiter
+        self.worker_name = worker_name
+        self.stopping = stopping
+        self._local = _ThreadResources()
+        self._secret_sets: dict[str, SecretSet] = {}
+        self._origins: dict[str, Origin] = {}
+        self._stores: dict[str, Store] = {}
+
+    def fetch(self, job_id: str, spec: JobSpec, page: int, link: Link | None, *,
+              limited: bool = True, total: int | None = None, sync: bool = True) -> Fetched:
+        """Fetch ``page`` once into this thread's segment (not yet committed).
+
+        ``total`` is the job's page count when known (to tell a short last page
+        from a page the API cut short). With ``sync`` False the page's bytes are not
+        yet durable: :meth:`sync` must run before it is committed. Raises
+        :class:`PageError` subclasses.
+        """
+        request = pagination.request_for(spec, page, link)
+        url = display_url(request)
+        try:
+            secrets = self._secrets(job_id, spec)
+            resolved = ResolvedRequest(
+                method=request.method, url=request.url.fill(), params=resolve(request.params),
+                json=resolve(request.json), from_api=link is not None and link.url is not None)
+            headers = {"Accept": "application/json", **resolve(spec.headers)}
+            origin = self._origin(job_id, spec)
+        except MissingSecret as exc:
+            raise MissingSecretError(
+                f"environment variable {exc.args[0]} is not set on worker {self.worker_name}:"
+                " export it where the workers run (with --local, where you run harvest),"
+                " then retry",
+                url=url) from None
+        try:
+            check_sendable(headers, resolved.url)
+        except PageError as exc:
+            exc.url = url
+            raise
+        resources = self._resources(job_id, spec)
+        deadline = time.monotonic() + spec.http.page_deadline
+        try:
+            slot = self.limiter.acquire(job_id, spec.limits, self.stopping.is_set) \
+                if limited else None
+        except InterruptedError:
+            raise Abandoned(job_id, page) from None
+        try:
+            return self._request(job_id, spec, page, link, url, resolved, headers, secrets,
+                                 origin, resources, deadline, total, sync)
+        finally:
+            self.limiter.release(slot)
+
+    def _request(self, job_id: str, spec: JobSpec, page: int, link: Link | None, url: str,
+                 resolved: ResolvedRequest, headers: dict[str, str], secrets: SecretSet,
+                 origin: Origin, resources: _JobResources, deadline: float,
+                 total: int | None, sync: bool) -> Fetched:
+        with open_page(resources.session, resolved, headers=headers, http=spec.http, url=url,
+                       secrets=secrets, origin=origin,
+                       allow_hosts=spec.pagination.allow_hosts) as response:
+            segment = self._segment(job_id, spec, resources)
+            member = segment.begin_page(spec.output.compress_level)
+            try:
+                content_type = response.headers.get("Content-Type")
+                body = PageBody(
+                    write=member.write, records_mode=spec.output.mode == "records",
+                    records_path=spec.records_path,
+                    value_paths=pagination.wanted_values(spec, page),
+                    count_records=pagination.counts_records(spec),
+                    json_lines=is_json_lines(content_type, spec.output.body_format),
+                    line_prefix=_line_prefix(page, url, response.status),
+                    content_type=content_type)
+                try:
+                    for chunk in read_body(response, deadline=deadline, http=spec.http,
+                                           url=url, secrets=secrets):
+                        if self.stopping.is_set():
+                            raise Abandoned(job_id, page)
+                        body.feed(chunk)
+                    result = body.finish()
+                    following = _what_follows(spec, page, link, total, response, result,
+                                              secrets)
+                except PageError as exc:
+                    exc.url, exc.status = url, response.status
+                    exc.attempts = exc.attempts or response.attempts
+                    raise
+                location = member.commit(sync=sync)
+                if not sync:
+                    resources.unsynced_pages += 1
+            except BaseException:
+                member.abort()
+                raise
+        commit = Commit(page=page, segment=resources.segment_id, offset=location.offset,
+                        length=location.length, raw_bytes=location.raw_bytes, lines=result.lines)
+        return Fetched(commit=commit, following=following, requests_sent=response.attempts)
+
+    def sync(self, job_id: str) -> None:
+        """Make every page this thread wrote for ``job_id`` durable (one fsync, or one
+        upload), in a segment replaced meanwhile too; StorageError if any cannot be."""
+        resources = self._local.jobs.get(job_id)
+        if resources is None:
+            return
+        retired, resources.retired = resources.retired, []
+        try:
+            for old in retired:
+                old.sync()
+            if resources.segment is not None:
+                resources.segment.sync()
+        finally:
+            # Synced, or lost: the caller commits them now or harvests them again.
+            resources.unsynced_pages = 0
+            for old in retired:
+                old.close()
+
+    def discard(self, job_id: str, commit: Commit) -> None:
+        """Cut a page written but never committed (a duplicate, a closed job) off again.
+        Only the segment's last page can be cut; one before it stays as bytes no
+        commit references, which sealing never copies."""
+        resources = self._local.jobs.get(job_id)
+        segment = resources.segment if resources else None
+        if segment is not None and resources.segment_id == commit.segment \
+                and segment.size == commit.offset + commit.length:
+            segment.truncate(commit.offset)
+
+    def cut_back(self, job_id: str, commit: Commit) -> None:
+        """Drop ``commit``'s page and every byte written after it (a run whose one
+        fsync failed: none of its pages may be committed)."""
+        resources = self._local.jobs.get(job_id)
+        segment = resources.segment if resources else None
+        if segment is not None and resources.segment_id == commit.segment \
+                and segment.size >= commit.offset:
+            segment.truncate(commit.offset)
+
+    def close(self) -> None:
+        for resources in self._local.jobs.values():
+            _close(resources)
+        self._local.jobs.clear()
+
+    # ----------------------------------------------------- per-job, per-thread
+
+    def _secrets(self, job_id: str, spec: JobSpec) -> SecretSet:
+        """The job's resolved secrets on this worker (the environment is fixed)."""
+        found = self._secret_sets.get(job_id)
+        if found is None:
+            found = self._secret_sets[job_id] = SecretSet.for_job(spec.templated, spec.url)
+        return found
+
+    def _origin(self, job_id: str, spec: JobSpec) -> Origin:
+        found = self._origins.get(job_id)
+        if found is None:
+            found = self._origins[job_id] = job_origin(resolve(spec.url))
+        return found
+
+    def _resources(self, job_id: str, spec: JobSpec) -> _JobResources:
+        jobs = self._local.jobs
+        resources = jobs.get(job_id)
+        if resources is None:
+            resources = jobs[job_id] = _JobResources(session=build_session(spec.http, spec.url))
+            while len(jobs) > self.MAX_JOBS_PER_THREAD:
+                _close(jobs.popitem(last=False)[1])
+        jobs.move_to_end(job_id)
+        return resources
+
+    def _store(self, job_id: str, spec: JobSpec) -> Store:
+        found = self._stores.get(job_id)
+        if found is None:
+            found = self._stores[job_id] = open_store(spec.output.dir)
+        return found
+
+    def _segment(self, job_id: str, spec: JobSpec, resources: _JobResources) -> Segment:
+        segment = resources.segment
+        if segment is not None and not segment.unlinked:
+            return segment
+        if segment is not None:
+            if resources.unsynced_pages and not segment.settled:
+                resources.retired.append(segment)  # its pages wait for sync()
+            else:
+                segment.close()
+        resources.segment = None
+        relative = (f"{SEGMENTS_DIR}/{job_id}/{self.worker_name}-{threading.get_native_id()}-"
+                    f"{token_source.token_hex(3)}.seg")
+        # Registered first: a segment whose id the ledger does not know is never used.
+        segment_id = self.ledger.register_segment(job_id, relative)
+        resources.segment = self._store(job_id, spec).segment_writer(
+            relative, fsync=self.settings.fsync)
+        resources.segment_id = segment_id
+        return resources.segment
+
+
+def _what_follows(spec: JobSpec, page: int, link: Link | None, total: int | None,
+                  response: Response, result: BodyResult, secrets: SecretSet) -> Following:
+    """What page ``page`` says about the job: its total, its successor, or its end."""
+    if pagination.is_fan_out(spec):
+        capped = None
+        if page == 1 and pagination.learns_total(spec):
+            total, announced = _learnt_total(spec, response, result)
+            if pagination.announced_over_cap(spec, announced):
+                capped = (f"max_pages = {spec.pagination.max_pages} reached while the API"
+                          f" announced {announced:,} pages")
+        elif page == 1 and pagination.capped_from_the_start(spec):
+            capped = f"max_pages = {spec.pagination.max_pages} is below the job's own total"
+        short = pagination.short_page(spec, page, result.records, total)
+        # A total learnt from page 1 is final: no page beyond it can appear.
+        return Following(total=total if page == 1 and pagination.learns_total(spec) else None,
+                         close=page == 1 and pagination.learns_total(spec), capped=capped,
+                         abort=short)
+    following = pagination.next_after(spec, page, response.url, result.values,
+                                      response.headers.get("Link"), result.records, secrets)
+    abort = None
+    if link is not None and link.short is not None and (result.records or 0) > 0:
+        abort = pagination.cap_message(spec, page - 1, link.short)
+    if following.link is None:
+        return Following(close=True, end_reason=following.end_reason, abort=abort,
+                         capped=following.end_reason if following.capped else None)
+    return Following(total=page + 1, next_link=following.link, abort=abort)
+
+
+def _learnt_total(spec: JobSpec, response: Response, result: BodyResult) -> tuple[int, int]:
+    """Page 1's total, capped by max_pages, and the page count the API announced."""
+    uncapped = spec if spec.pagination.max_pages is None else _without_cap(spec)
+    header = pagination.total_header(spec)
+    if header is not None:
+        value = response.headers.get(header)
+        return (pagination.total_from_header(spec, value),
+                pagination.total_from_header(uncapped, value))
+    path = pagination.total_path(spec)
+    if path not in result.values:
+        raise PaginationError(f"page 1 has no value at {path!r}")
+    value = result.values[path]
+    return pagination.total_from_value(spec, value), pagination.total_from_value(uncapped, value)
+
+
+def _without_cap(spec: JobSpec) -> JobSpec:
+    from dataclasses import replace
+
+    return replace(spec, pagination=replace(spec.pagination, max_pages=None))
+
+
+def _close(resources: _JobResources) -> None:
+    resources.session.close()
+    if resources.segment is not None:
+        resources.segment.close()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _line_prefix(page: int, url: str, status: int) -> bytes:
+    return (f'{{"page":{page},"url":{json.dumps(url)},"status":{status},'
+            f'"fetched_at":"{now_iso()}","body":').encode()
+
+
+def page_url(spec: JobSpec, page: int, link: Link | None) -> str | None:
+    """The display URL of a page, for a failure record; None if it cannot be built."""
+    try:
+        return display_url(pagination.request_for(spec, page, link))
+    except Exception:  # noqa: BLE001 - a failure record must not fail on its URL
+        return None
+
