@@ -195,3 +195,17 @@ def test_a_gigabyte_streams_in_constant_memory_and_a_dropped_client_costs_nothin
     assert service.get("/healthz").json() == {"ok": True}
     assert service.get(f"/jobs/{job_id}").json()["state"] == "done"
     assert rss(service.process.pid) < before + 30 * 2**20
+
+
+def test_the_event_stream_says_when_retry_after_pauses_the_job(service, api, tmp_path):
+    """A 503 with Retry-After: 3 on one page pauses the whole job: the stream's progress
+    events say paused (with when it ends) while it holds, and not after; the job ends done."""
+    api.set_faults([{"kind": "status", "status": 503, "retry_after": "3", "paths": ["/items"],
+                     "pages": [2], "times": 1}])
+    job_id = service.post("/jobs", data=_job_toml(api, tmp_path / "out", pages=6)).json()["job_id"]
+    events = service.events(job_id)
+    progress = [e.data for e in events if e.event == "progress"]
+    paused = [p for p in progress if p["paused"]]
+    assert paused, [(p["committed"], p["paused"]) for p in progress]
+    assert all(p["paused_until"] > p["created_at"] for p in paused)
+    assert not progress[-1]["paused"] and events[-1].data == {"state": "done"}
