@@ -53,6 +53,17 @@ def workers(redis_server, env, tmp_path):
     pool.stop()
 
 
+@pytest.fixture
+def service(redis_server, workers, env, tmp_path):
+    """`harvest serve` on a free port, with workers, against the test's Redis."""
+    from support.service import Service
+
+    workers.start()
+    server = Service(redis_server.url, env, tmp_path).start()
+    yield server
+    server.stop()
+
+
 class Harvest:
     """Runs ``harvest`` as a real subprocess in ``cwd``."""
 

@@ -126,24 +126,30 @@ class SealedOutput:
 
 def gunzip(blocks: Iterator[bytes]) -> Iterator[bytes]:
     """Decompress a gzip stream of one or more members, at most :data:`CHUNK` bytes out
-    at a time (a page that compresses 1000:1 never inflates into memory at once)."""
+    at a time (a page that compresses 1000:1 never inflates into memory at once).
+    Damage (not gzip, a member cut short) is a :class:`StorageError`."""
     decompressor = isal_zlib.decompressobj(31)
     in_member = False
-    for block in blocks:
-        data = block
-        while data:
-            in_member = True
-            out = decompressor.decompress(data, CHUNK)
-            if out:
-                yield out
-            if decompressor.eof:
-                data = decompressor.unused_data
-                decompressor = isal_zlib.decompressobj(31)
-                in_member = False
-            else:
-                data = decompressor.unconsumed_tail
+    try:
+        for block in blocks:
+            data = block
+            while data:
+                in_member = True
+                out = decompressor.decompress(data, CHUNK)
+                if out:
+                    yield out
+                if decompressor.eof:
+                    # A new gzip member follows the one just finished.
+                    data = decompressor.unused_data
+                    decompressor = isal_zlib.decompressobj(31)
+                    in_member = False
+                else:
+                    data = decompressor.unconsumed_tail
+    except isal_zlib.error as exc:
+        raise StorageError(f"not a valid gzip stream: {exc}", retryable=False) from None
     if in_member:
-        raise StorageError("a part ends mid-gzip-member: it is cut short", retryable=False)
+        raise StorageError("gzip stream ends mid-member: the part is cut short",
+                           retryable=False)
 
 
 class _Reader:

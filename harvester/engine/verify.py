@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.body import BodyInspector
 from ..errors import InvalidJSON, OutputDirError, StorageError, VerifyError
 from .finalizer import read_manifest
+from .output import gunzip
 from ..core.manifest import FAILED, SUCCESS, expand_ranges
 from ..edges.store import Store, open_store
 
@@ -90,32 +91,22 @@ def _check_shard(out_dir: Store, shard: dict, pages_mode: bool, seen: set[int],
         return
     digest = hashlib.sha256()
     size = raw = lines = 0
-    decompressor = zlib.decompressobj(31)
     line = _LineChecker()
     found_pages: list[int] = []
-    in_member = False
-    try:
+
+    def hashed(blocks: Iterator[bytes]) -> Iterator[bytes]:
+        nonlocal size
         for block in blocks:
             size += len(block)
             digest.update(block)
-            data = block
-            while data:
-                in_member = True
-                # max_length keeps memory flat even for pages that compress 1000:1.
-                out = decompressor.decompress(data, 1 << 20)
-                raw += len(out)
-                lines += line.feed(out, found_pages)
-                if decompressor.eof:
-                    # A new gzip member follows the one just finished.
-                    data = decompressor.unused_data
-                    decompressor = zlib.decompressobj(31)
-                    in_member = False
-                else:
-                    data = decompressor.unconsumed_tail
-        if in_member:
-            raise zlib.error("gzip stream ends mid-member: the shard is cut short")
+            yield block
+
+    try:
+        for out in gunzip(hashed(blocks)):
+            raw += len(out)
+            lines += line.feed(out, found_pages)
         line.finish()
-    except (zlib.error, InvalidJSON, StorageError) as exc:
+    except (InvalidJSON, StorageError) as exc:
         report.problems.append(f"{name}: {exc}")
         return
     if size != shard["compressed_bytes"]:

@@ -9,7 +9,6 @@ import shutil
 
 import pytest
 
-from support.service import Service
 from support.services import REPO_ROOT, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -35,14 +34,6 @@ def browser():
     driver = webdriver.Chrome(service=DriverService(CHROMEDRIVER), options=options)
     yield driver
     driver.quit()
-
-
-@pytest.fixture
-def service(redis_server, workers, env, tmp_path):
-    workers.start()
-    server = Service(redis_server.url, env, tmp_path).start()
-    yield server
-    server.stop()
 
 
 def test_dashboard_shows_progress_and_failures_and_retries_them(browser, service, api,

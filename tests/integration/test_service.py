@@ -10,19 +10,10 @@ import subprocess
 import threading
 import time
 
-import pytest
 import requests
 
-from support.service import Service, rss
+from support.service import rss
 from support.services import HARVEST
-
-
-@pytest.fixture
-def service(redis_server, workers, env, tmp_path):
-    workers.start()
-    server = Service(redis_server.url, env, tmp_path).start()
-    yield server
-    server.stop()
 
 
 def _job_toml(api, out, *, pages: int, extra_pagination: str = "", output: str = "") -> str:

@@ -193,7 +193,8 @@ def test_flipped_byte_in_crc(tmp_path):
     data[-6] ^= 0x01
     part.write_bytes(bytes(data))
     found = problems(built.out)
-    assert f"{part.name}: Error -3 while decompressing data: incorrect data check" in found
+    assert any(p.startswith(f"{part.name}: not a valid gzip stream") and "checksum" in p.lower()
+               for p in found), found
 
 
 def test_flipped_byte_in_data(tmp_path):
@@ -204,7 +205,7 @@ def test_flipped_byte_in_data(tmp_path):
     data[len(data) // 2] ^= 0x10
     part.write_bytes(bytes(data))
     found = problems(built.out)
-    assert any(p.startswith(f"{part.name}: ") and "decompressing" in p for p in found), found
+    assert any(p.startswith(f"{part.name}: not a valid gzip stream") for p in found), found
 
 
 def test_missing_shard(tmp_path):
