@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine import coordinator
-from .errors import JobStateError, OutputNotSealed, WaitTimeout
+from .errors import JobNotFound, JobStateError, OutputNotSealed, WaitTimeout
 from .core.job import JobSpec, job_from_document, job_from_toml, load_job
 from .edges.ledger import JobState, Ledger
 from .engine.output import SealedOutput
@@ -97,16 +97,17 @@ class JobStatus:
     requests: int
 
     @classmethod
-    def from_state(cls, state: JobState, *, output_dir: str | None,
-                   paused_until: float | None = None, requests: int = 0) -> "JobStatus":
+    def from_state(cls, state: JobState) -> "JobStatus":
+        paused = state.paused_until_ms / 1000 if state.paused_until_ms and not state.final \
+            else None
         return cls(job_id=state.job_id, state=state.state, total=state.total,
                    total_known=not state.open, committed=state.committed,
                    failed=state.failed, pending=state.pending, in_flight=state.in_flight,
                    raw_bytes=state.raw_bytes, compressed_bytes=state.gz_bytes,
-                   lines=state.lines, output_dir=output_dir, error=state.aborted,
+                   lines=state.lines, output_dir=state.out_dir, error=state.aborted,
                    capped=state.capped, created_at=state.created_at,
-                   finished_at=state.finished_at, paused_until=paused_until,
-                   requests=requests)
+                   finished_at=state.finished_at, paused_until=paused,
+                   requests=state.requests)
 
     @property
     def final(self) -> bool:
@@ -189,18 +190,10 @@ class Harvester:
                                   local=local, job_path=source)
 
     def status(self, job_id: str) -> JobStatus:
-        state = self.ledger.state(job_id)
-        fields = self.ledger.fields(job_id, "out_dir", "paused_until", "requests")
-        paused_ms = int(fields["paused_until"] or 0)
-        return JobStatus.from_state(
-            state, output_dir=fields["out_dir"],
-            paused_until=paused_ms / 1000 if paused_ms and not state.final else None,
-            requests=int(fields["requests"] or 0))
+        return JobStatus.from_state(self.ledger.state(job_id))
 
     def jobs(self, limit: int = 50) -> list[JobStatus]:
         """The most recent jobs first (those whose ledger has not expired)."""
-        from .errors import JobNotFound
-
         found = []
         for job_id in self.ledger.recent_jobs(limit):
             try:

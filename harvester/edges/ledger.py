@@ -106,6 +106,9 @@ class JobState:
     cancelled: bool
     aborted: str | None = None  # why the job could not go on
     capped: str | None = None  # max_pages reached while the API had more
+    out_dir: str | None = None
+    paused_until_ms: int = 0  # a Retry-After pause of the job, on Redis' clock
+    requests: int = 0  # HTTP requests sent for the pages resolved so far
 
     @property
     def ended_early(self) -> bool:
@@ -246,14 +249,13 @@ class Ledger:
             cancelled=fields.get("cancelled") == "1",
             aborted=fields.get("aborted") or None,
             capped=fields.get("capped") or None,
+            out_dir=fields.get("out_dir"),
+            paused_until_ms=int(fields.get("paused_until") or 0),
+            requests=int(fields.get("requests") or 0),
         )
 
     def field(self, job_id: str, name: str) -> str | None:
         return self._call(self.redis.hget, self.key(job_id, "job"), name)
-
-    def fields(self, job_id: str, *names: str) -> dict[str, str | None]:
-        values = self._call(self.redis.hmget, self.key(job_id, "job"), names)
-        return dict(zip(names, values))
 
     def set_once(self, job_id: str, name: str, value: str) -> str:
         """Set a job field unless set already; returns the value that stands."""
