@@ -30,7 +30,8 @@ from typing import Any
 
 from .engine import coordinator
 from .errors import JobNotFound, JobStateError, OutputNotSealed, WaitTimeout
-from .core.job import JobSpec, job_from_document, job_from_toml, load_job
+from .core.job import job_from_document, job_from_toml, load_job
+from .core.spec import JobSpec
 from .edges.ledger import JobState, Ledger
 from .engine.output import SealedOutput
 from .settings import Settings, ledger_for

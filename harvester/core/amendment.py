@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import JobSpecError
-from .job import JobSpec
+from .spec import JobSpec
 
 # Dotted keys a retry may change; everything else must equal the running job's.
 AMENDABLE = frozenset({"headers", "http", "limits", "output.compress_level"})

@@ -31,7 +31,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
 from ..errors import PaginationError, UnsafeURL
-from .job import FAN_OUT_STYLES, MAX_PAGES, JobSpec
+from .spec import FAN_OUT_STYLES, MAX_PAGES, JobSpec
 from .scan import Unreadable
 from .secrets import SecretSet, Template
 

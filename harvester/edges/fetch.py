@@ -37,7 +37,7 @@ from urllib3.util.retry import Retry
 from ..core.backoff import parse_retry_after
 from ..errors import (BadSecretValue, DeadlineExceeded, HTTPStatusError, PageError,
                      PageTooLarge, RequestTimeout, TransportError, TruncatedBody, UnsafeURL)
-from ..core.job import HttpSpec
+from ..core.spec import HttpSpec
 from ..core.origin import Origin, check_api_url, check_request, origin_of
 from ..core.pagination import PageRequest, joined_url
 from ..core.secrets import SecretSet

@@ -51,7 +51,7 @@ import redis
 import structlog
 
 from ..errors import BrokerUnavailable, JobNotFound
-from ..core.job import JobSpec
+from ..core.spec import JobSpec
 from ..core.layout import Commit, decode_pages
 from ..core.secrets import scrub, scrub_value
 

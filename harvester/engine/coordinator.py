@@ -16,7 +16,7 @@ import structlog
 from ..core import pagination
 from ..core.amendment import amend
 from ..errors import JobSpecError, JobStateError
-from ..core.job import JobSpec
+from ..core.spec import JobSpec
 from ..edges.ledger import FINAL_STATES, Ledger
 from ..edges.store import open_store
 from .runner import Dispatcher

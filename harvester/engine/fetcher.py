@@ -23,7 +23,7 @@ from ..core import pagination
 from ..errors import Abandoned, MissingSecretError, PageError, PaginationError
 from ..edges.fetch import (ResolvedRequest, Response, build_session, check_sendable, display_url,
                     job_origin, open_page, read_body)
-from ..core.job import JobSpec
+from ..core.spec import JobSpec
 from ..edges.ledger import Commit, Ledger
 from .limits import RequestLimiter
 from ..core.origin import Origin

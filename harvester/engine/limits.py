@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from ..core.job import LimitsSpec
+from ..core.spec import LimitsSpec
 from ..edges.ledger import Ledger
 
 MAX_POLL_SECONDS = 0.25

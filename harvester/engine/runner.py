@@ -23,7 +23,7 @@ from ..core.backoff import compute_backoff
 from ..errors import (Abandoned, HTTPStatusError, InternalError, JobNotFound, PageError,
                      PageFailed, PaginationError, StorageError)
 from .fetcher import Fetched, Following, PageFetcher, now_iso, page_url
-from ..core.job import JobSpec
+from ..core.spec import JobSpec
 from ..edges.ledger import Ledger
 from .limits import RequestLimiter
 from ..core.pagination import Link

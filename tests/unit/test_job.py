@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from harvester.errors import JobSpecError
-from harvester.core.job import HttpSpec, JobSpec, OutputSpec, PaginationSpec, load_job, parse_job
+from harvester.core.job import load_job, parse_job
+from harvester.core.spec import HttpSpec, JobSpec, OutputSpec, PaginationSpec
 
 VALID_TOML = '''\
 [job]

@@ -8,7 +8,8 @@ import pytest
 
 from harvester.core.body import BodyInspector
 from harvester.errors import PaginationError
-from harvester.core.job import JobSpec, parse_job
+from harvester.core.job import parse_job
+from harvester.core.spec import JobSpec
 from harvester.core.pagination import (
     PageRequest,
     is_fan_out,
