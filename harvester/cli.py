@@ -140,10 +140,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     from . import logs
-    from .terminal import commands
-    from .errors import (BrokerUnavailable, HarvesterError, JobSpecError, LocalClusterError,
-                         OutputDirError)
+    from .errors import (
+        BrokerUnavailable,
+        HarvesterError,
+        JobSpecError,
+        LocalClusterError,
+        OutputDirError,
+    )
     from .settings import Settings
+    from .terminal import commands
 
     logs.configure(Settings.from_env().log_format,
                    level=os.environ.get("HARVEST_LOG_LEVEL", "WARNING"))

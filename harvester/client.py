@@ -28,14 +28,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .engine import coordinator
-from .errors import JobNotFound, JobStateError, OutputNotSealed, WaitTimeout
 from .core.job import job_from_document, job_from_toml, load_job
 from .core.spec import JobSpec
 from .edges.ledger import JobState, Ledger
-from .engine.output import SealedOutput
-from .settings import Settings, ledger_for
 from .edges.store import open_store
+from .engine import coordinator
+from .engine.output import SealedOutput
+from .errors import JobNotFound, JobStateError, OutputNotSealed, WaitTimeout
+from .settings import Settings, ledger_for
 
 # How long cancel() waits for a worker to start sealing a cancelled job before it
 # seals it itself (no worker may serve the job).

@@ -9,11 +9,16 @@ import structlog
 from celery.exceptions import Reject
 from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
-from harvester.engine.dispatch import FINALIZE_TASK, PAGE_TASK, RUN_TASK, CeleryDispatcher
-from harvester.errors import Abandoned, HarvesterError, PageFailed
+from harvester.engine.dispatch import (
+    FINALIZE_TASK,
+    PAGE_TASK,
+    RUN_TASK,
+    CeleryDispatcher,
+)
 from harvester.engine.finalizer import finalize
 from harvester.engine.heartbeat import Heartbeat
 from harvester.engine.runner import PageRunner
+from harvester.errors import Abandoned, HarvesterError, PageFailed
 from harvester.settings import Settings, ledger_for
 
 from .app import app

@@ -22,7 +22,8 @@ import ijson
 from ..errors import InvalidJSON, PageTooLarge
 
 try:
-    from ._jsoncheck import JsonError as _NativeError, Validator as _NativeValidator
+    from ._jsoncheck import JsonError as _NativeError
+    from ._jsoncheck import Validator as _NativeValidator
 except ImportError:  # built without a C compiler: ijson alone
     _NativeValidator = None
     _NativeError = ValueError

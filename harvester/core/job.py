@@ -12,8 +12,8 @@ import math
 import os
 import re
 import tomllib
-from datetime import date, time
 from dataclasses import replace
+from datetime import date, time
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
@@ -22,8 +22,15 @@ from ..errors import JobSpecError, UnsafeURL
 from .layout import is_object_store, split_s3_url
 from .origin import MAX_URL_CHARS, check_api_url
 from .secrets import TEMPLATE
-from .spec import (MAX_PAGES, STYLES, HttpSpec, JobSpec, LimitsSpec, OutputSpec,
-                   PaginationSpec)
+from .spec import (
+    MAX_PAGES,
+    STYLES,
+    HttpSpec,
+    JobSpec,
+    LimitsSpec,
+    OutputSpec,
+    PaginationSpec,
+)
 
 JOB_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")

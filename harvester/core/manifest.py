@@ -12,8 +12,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .layout import Commit
-from .layout import Piece
+from .layout import Commit, Piece
 
 FORMAT = "harvester/1"
 MANIFEST = "_manifest.json"

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .body import BodyInspector
 from ..errors import InvalidJSON, RecordsNotFound
+from .body import BodyInspector
 from .scan import ONE_LINE, WHITESPACE, JsonScanner
 
 _BOM = b"\xef\xbb\xbf"

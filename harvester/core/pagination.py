@@ -31,9 +31,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
 from ..errors import PaginationError, UnsafeURL
-from .spec import FAN_OUT_STYLES, MAX_PAGES, JobSpec
 from .scan import Unreadable
 from .secrets import SecretSet, Template
+from .spec import FAN_OUT_STYLES, MAX_PAGES, JobSpec
 
 
 @dataclass(frozen=True)

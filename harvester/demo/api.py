@@ -49,7 +49,12 @@ from harvester.demo.data import (
     page_records,
     records,
 )
-from harvester.demo.faults import FaultBook, FaultSpecError, fault_response, quiet_injected_aborts
+from harvester.demo.faults import (
+    FaultBook,
+    FaultSpecError,
+    fault_response,
+    quiet_injected_aborts,
+)
 
 ADMIN_PREFIX = "/_admin"
 MAX_RECENT_TIMES = 200_000

@@ -29,18 +29,35 @@ from urllib.request import getproxies
 import requests
 from requests.adapters import HTTPAdapter
 from requests.utils import should_bypass_proxies
-from urllib3.exceptions import (ConnectTimeoutError, DecodeError, IncompleteRead, MaxRetryError,
-                                NameResolutionError, NewConnectionError, ProtocolError,
-                                ReadTimeoutError, SSLError)
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    DecodeError,
+    IncompleteRead,
+    MaxRetryError,
+    NameResolutionError,
+    NewConnectionError,
+    ProtocolError,
+    ReadTimeoutError,
+    SSLError,
+)
 from urllib3.util.retry import Retry
 
 from ..core.backoff import parse_retry_after
-from ..errors import (BadSecretValue, DeadlineExceeded, HTTPStatusError, PageError,
-                     PageTooLarge, RequestTimeout, TransportError, TruncatedBody, UnsafeURL)
-from ..core.spec import HttpSpec
 from ..core.origin import Origin, check_api_url, check_request, origin_of
 from ..core.pagination import PageRequest, joined_url
 from ..core.secrets import SecretSet
+from ..core.spec import HttpSpec
+from ..errors import (
+    BadSecretValue,
+    DeadlineExceeded,
+    HTTPStatusError,
+    PageError,
+    PageTooLarge,
+    RequestTimeout,
+    TransportError,
+    TruncatedBody,
+    UnsafeURL,
+)
 
 CHUNK_BYTES = 1 << 20
 USER_AGENT = "harvester/0.1 (+https://github.com/harvester)"

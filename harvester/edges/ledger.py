@@ -41,19 +41,17 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import cache
-from importlib.resources import files
 from typing import Any
 
-import redis
 import structlog
 
-from ..errors import BrokerUnavailable, JobNotFound
-from ..core.spec import JobSpec
 from ..core.layout import Commit, decode_pages
 from ..core.secrets import scrub, scrub_value
+from ..core.spec import JobSpec
+from ..errors import JobNotFound
+from .connection import now_ms
+from .sealing import FINALIZER_PAGE, SealRecords
 
 log = structlog.get_logger("harvester.ledger")
 
@@ -62,18 +60,6 @@ FINAL_STATES = ("done", "failed", "cancelled")
 JOB_KEYS = ("job", "lease", "todo", "tries", "links", "owner", "failed", "claims", "buckets",
             "segs", "sealed", "seen", "bucket", "inflight")
 BUCKET = 128
-COMMIT_READ_BATCH = 64  # commit buckets read per round trip by the finalizer
-FINALIZER_PAGE = 0
-
-
-@cache
-def _script_source(name: str) -> str:
-    lua = files("harvester.edges") / "lua"
-    return (lua / "_prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True)
@@ -123,80 +109,11 @@ class JobState:
         return max(0, self.total - self.committed - self.failed)
 
 
-class Ledger:
-    """All Redis I/O of the harvester (except Celery's own)."""
-
-    def __init__(self, client: redis.Redis, *, lease_seconds: float = 15.0,
-                 queued_seconds: float = 900.0, wait_seconds: float = 120.0,
-                 keep_seconds: float = 30 * 86400):
-        self.redis = client
-        # How long a final job's keys stay (0 = for ever).
-        self.keep_seconds = max(1, round(keep_seconds)) if keep_seconds > 0 else 0
-        self.lease_ms = int(lease_seconds * 1000)
-        self.queued_ms = int(queued_seconds * 1000)
-        # How long a call waits for Redis to come back (restart, failover, network).
-        self.wait_seconds = wait_seconds
-        self._scripts: dict[str, Any] = {}
-
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> "Ledger":
-        """A ledger on ``url``; ``redis://``, ``rediss://`` (TLS), passwords and ACL users."""
-        client = redis.Redis.from_url(url, decode_responses=True, socket_connect_timeout=5,
-                                      socket_timeout=30, health_check_interval=15,
-                                      retry_on_timeout=True)
-        return cls(client, **kwargs)
-
-    # --------------------------------------------------------------- helpers
-
-    @staticmethod
-    def prefix(job_id: str) -> str:
-        return f"hv:{{{job_id}}}"
-
-    def key(self, job_id: str, name: str) -> str:
-        return f"{self.prefix(job_id)}:{name}"
-
-    def run_script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        """Run ``lua/<name>.lua`` (with the prelude); redis errors become ours."""
-        script = self._scripts.get(name)
-        if script is None:
-            script = self._scripts[name] = self.redis.register_script(_script_source(name))
-        return self._call(script, keys=keys, args=args)
-
-    def _call(self, fn: Any, *args: Any, wait: bool = True, **kwargs: Any) -> Any:
-        """Call redis-py, waiting up to ``wait_seconds`` for Redis to come back.
-
-        Every ledger script is safe to run twice (a commit whose reply was lost
-        is recognised by its location, see :meth:`commit`).
-        """
-        deadline = time.monotonic() + (self.wait_seconds if wait else 0)
-        delay = 0.1
-        while True:
-            try:
-                return fn(*args, **kwargs)
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                if time.monotonic() + delay > deadline:
-                    raise BrokerUnavailable(_describe_connection(self.redis), reason) from None
-                log.warning("redis.unavailable", reason=reason, retry_in=round(delay, 2))
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    def _pipeline(self, build: Any, *, transaction: bool = True) -> list[Any]:
-        """Run the commands ``build(pipe)`` queues, as one pipeline, waiting for Redis.
-
-        The pipeline is rebuilt on every try: redis-py empties a pipeline's
-        command list when ``execute`` fails, so retrying it would run nothing.
-        """
-        def run() -> list[Any]:
-            pipe = self.redis.pipeline(transaction=transaction)
-            build(pipe)
-            return pipe.execute()
-
-        return self._call(run)
-
-    def ping(self) -> None:
-        """Fail at once (no waiting) when no Redis answers: the CLI's first contact."""
-        self._call(self.redis.ping, wait=False)
+class Ledger(SealRecords):
+    """All Redis I/O of the harvester (except Celery's own): the connection and its
+    scripts (:class:`~harvester.edges.connection.LedgerConnection`), what the finalizer
+    reads and records (:class:`~harvester.edges.sealing.SealRecords`), and here each
+    page's and job's transitions."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -483,38 +400,6 @@ class Ledger:
         key = f"{self.prefix(job_id)}:c:{page // BUCKET}"
         return bool(self._call(self.redis.hexists, key, page))
 
-    # -------------------------------------------------------------- finalizer
-
-    def commits(self, job_id: str) -> Iterator[Commit]:
-        """Every committed page, in page order: one read per bucket that holds a commit,
-        whatever total the API announced."""
-        buckets = sorted(int(b) for b in self._call(self.redis.smembers,
-                                                    self.key(job_id, "buckets")))
-        for first in range(0, len(buckets), COMMIT_READ_BATCH):
-            batch = buckets[first:first + COMMIT_READ_BATCH]
-            read = self._pipeline(lambda pipe: [pipe.hgetall(f"{self.prefix(job_id)}:c:{b}")
-                                                for b in batch], transaction=False)
-            for entries in read:
-                for page in sorted(entries, key=int):
-                    yield Commit.decode(int(page), entries[page])
-
-    def segments(self, job_id: str) -> dict[int, str]:
-        return {int(k): v for k, v in self._call(self.redis.hgetall,
-                                                 self.key(job_id, "segs")).items()}
-
-    def sealed_segments(self, job_id: str) -> set[int]:
-        return {int(s) for s in self._call(self.redis.smembers, self.key(job_id, "sealed"))}
-
-    def failures(self, job_id: str) -> dict[int, dict[str, Any]]:
-        entries = self._call(self.redis.hgetall, self.key(job_id, "failed"))
-        return {int(page): json.loads(record) for page, record in entries.items()}
-
-    def failure_sample(self, job_id: str, count: int = 200) -> dict[int, dict[str, Any]]:
-        """Some failure records (one HSCAN step, about ``count``): enough to say why
-        pages failed, at a bounded cost whatever the number of failures."""
-        _, entries = self._call(self.redis.hscan, self.key(job_id, "failed"), 0, count=count)
-        return {int(page): json.loads(record) for page, record in entries.items()}
-
     def release_pages(self, job_id: str, pages: list[int], worker: str) -> list[int]:
         """``worker`` gives ``pages`` back: queued again, owned by no one. Returns the
         pages it still owned (the caller sends those again)."""
@@ -523,23 +408,6 @@ class Ledger:
         given = self.run_script("release", [self.key(job_id, "lease"), self.key(job_id, "owner")],
                                 [worker, now_ms() + self.queued_ms, *pages])
         return [int(p) for p in given]
-
-    def begin_finalize(self, job_id: str, worker: str) -> bool:
-        """Claim the finalizer; False while another live finalizer holds it."""
-        return self.run_script(
-            "begin_finalize", [self.key(job_id, n) for n in ("job", "lease", "owner")],
-            [worker, now_ms() + self.lease_ms, now_ms()]) == 1
-
-    def finalize_if_complete(self, job_id: str) -> bool:
-        """Hand a reopened job with nothing left to fetch straight to the finalizer."""
-        return self.run_script("finish_if_complete", [self.key(job_id, "job"),
-                                                self.key(job_id, "lease")],
-                         [now_ms() + self.lease_ms]) == 1
-
-    def record_finalizer_error(self, job_id: str, message: str) -> int:
-        return int(self._pipeline(lambda pipe: (
-            pipe.hset(self.key(job_id, "job"), "finalize_error", scrub(message)[:1000]),
-            pipe.hincrby(self.key(job_id, "job"), "finalize_failures", 1)))[1])
 
     def renew_finalizer(self, job_id: str) -> None:
         self.renew([(job_id, FINALIZER_PAGE)])
@@ -557,11 +425,3 @@ class Ledger:
 
         self._pipeline(build)
         self._expire(job_id)
-
-
-def _describe_connection(client: redis.Redis) -> str:
-    kwargs = client.connection_pool.connection_kwargs
-    if "path" in kwargs:
-        return f"unix://{kwargs['path']}"
-    scheme = "rediss" if kwargs.get("ssl") else "redis"  # never the password
-    return f"{scheme}://{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{kwargs.get('db', 0)}"

@@ -20,8 +20,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from ..errors import JobSpecError, OutputDirError, StorageError
 from ..core.layout import CLAIM_FILE
+from ..errors import JobSpecError, OutputDirError, StorageError
 
 MANIFEST = "_manifest.json"
 SYSTEM_DIRS = frozenset(map(Path, (

@@ -22,9 +22,9 @@ from pathlib import Path
 from isal import isal_zlib
 from zlib_ng import zlib_ng
 
+from ..core.layout import SEGMENTS_DIR, Piece, SealedPart
 from ..errors import StorageError
 from .outdir import inside
-from ..core.layout import SEGMENTS_DIR, Piece, SealedPart
 
 __all__ = ["SEGMENTS_DIR", "Member", "PageMember", "Piece", "SealedPart", "SegmentWriter",
            "compressor", "file_sha256", "fsync_dir", "write_part"]

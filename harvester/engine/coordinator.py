@@ -15,12 +15,12 @@ import structlog
 
 from ..core import pagination
 from ..core.amendment import amend
-from ..errors import JobSpecError, JobStateError
 from ..core.spec import JobSpec
 from ..edges.ledger import FINAL_STATES, Ledger
 from ..edges.store import open_store
-from .runner import Dispatcher
+from ..errors import JobSpecError, JobStateError
 from ..settings import Settings
+from .runner import Dispatcher
 
 log = structlog.get_logger("harvester.coordinator")
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from kombu.exceptions import OperationalError
 
-from ..errors import BrokerUnavailable
 from ..core.runs import split_runs
+from ..errors import BrokerUnavailable
 
 PAGE_TASK = "harvester.page"
 RUN_TASK = "harvester.pages"

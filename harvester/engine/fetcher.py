@@ -20,20 +20,28 @@ from datetime import datetime, timezone
 import requests
 
 from ..core import pagination
-from ..errors import Abandoned, MissingSecretError, PageError, PaginationError
-from ..edges.fetch import (ResolvedRequest, Response, build_session, check_sendable, display_url,
-                    job_origin, open_page, read_body)
-from ..core.spec import JobSpec
-from ..edges.ledger import Commit, Ledger
-from .limits import RequestLimiter
+from ..core.layout import SEGMENTS_DIR, Commit
 from ..core.origin import Origin
 from ..core.pagebody import BodyResult, PageBody, is_json_lines
 from ..core.pagination import Link
 from ..core.secrets import MissingSecret, SecretSet, resolve
-from ..settings import Settings
+from ..core.spec import JobSpec
+from ..edges.fetch import (
+    ResolvedRequest,
+    Response,
+    build_session,
+    check_sendable,
+    display_url,
+    job_origin,
+    open_page,
+    read_body,
+)
+from ..edges.ledger import Ledger
 from ..edges.store import Store, open_store
-from ..core.layout import SEGMENTS_DIR
 from ..edges.store.base import Segment
+from ..errors import Abandoned, MissingSecretError, PageError, PaginationError
+from ..settings import Settings
+from .limits import RequestLimiter
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,20 @@ from typing import Any
 
 import structlog
 
-from ..errors import OutputDirError
-from ..edges.ledger import Commit, Ledger
-from ..core.manifest import (FAILED, MANIFEST, SUCCESS, merge_manifest, plan_from_json, plan_parts,
-                       plan_to_json, shard_entry)
+from ..core.layout import SEGMENTS_DIR, Commit
+from ..core.manifest import (
+    FAILED,
+    MANIFEST,
+    SUCCESS,
+    merge_manifest,
+    plan_from_json,
+    plan_parts,
+    plan_to_json,
+    shard_entry,
+)
+from ..edges.ledger import Ledger
 from ..edges.store import Store, open_store
-from ..core.layout import SEGMENTS_DIR
+from ..errors import OutputDirError
 
 log = structlog.get_logger("harvester.finalizer")
 

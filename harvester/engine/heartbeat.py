@@ -24,9 +24,10 @@ from collections.abc import Callable
 
 import structlog
 
-from .dispatch import QUEUE_KEYS
+from ..edges.ledger import Ledger
+from ..edges.sealing import FINALIZER_PAGE
 from ..errors import BrokerUnavailable, HarvesterError
-from ..edges.ledger import FINALIZER_PAGE, Ledger
+from .dispatch import QUEUE_KEYS
 from .runner import Dispatcher, InFlight
 
 log = structlog.get_logger("harvester.heartbeat")

@@ -16,11 +16,11 @@ from typing import Any
 import ijson
 from isal import isal_zlib
 
-from ..errors import OutputDirError, OutputError, StorageError
-from .finalizer import read_manifest
 from ..core.manifest import FAILED
 from ..core.scan import split_path
 from ..edges.store import Store, open_store
+from ..errors import OutputDirError, OutputError, StorageError
+from .finalizer import read_manifest
 
 CHUNK = 1 << 20
 

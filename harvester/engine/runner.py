@@ -20,16 +20,24 @@ import structlog
 
 from ..core import pagination
 from ..core.backoff import compute_backoff
-from ..errors import (Abandoned, HTTPStatusError, InternalError, JobNotFound, PageError,
-                     PageFailed, PaginationError, StorageError)
-from .fetcher import Fetched, Following, PageFetcher, now_iso, page_url
-from ..core.spec import JobSpec
-from ..edges.ledger import Ledger
-from .limits import RequestLimiter
 from ..core.pagination import Link
 from ..core.runs import PageCost
 from ..core.secrets import scrub
+from ..core.spec import JobSpec
+from ..edges.ledger import Ledger
+from ..errors import (
+    Abandoned,
+    HTTPStatusError,
+    InternalError,
+    JobNotFound,
+    PageError,
+    PageFailed,
+    PaginationError,
+    StorageError,
+)
 from ..settings import Settings
+from .fetcher import Fetched, Following, PageFetcher, now_iso, page_url
+from .limits import RequestLimiter
 
 log = structlog.get_logger("harvester.page")
 

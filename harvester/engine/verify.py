@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.body import BodyInspector
+from ..core.manifest import FAILED, SUCCESS, expand_ranges
+from ..edges.store import Store, open_store
 from ..errors import InvalidJSON, OutputDirError, StorageError, VerifyError
 from .finalizer import read_manifest
 from .output import gunzip
-from ..core.manifest import FAILED, SUCCESS, expand_ranges
-from ..edges.store import Store, open_store
 
 _PAGE_KEY = re.compile(rb'^\{"page":(\d+),')
 

@@ -18,13 +18,25 @@ from importlib.resources import files
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import (HTMLResponse, JSONResponse, RedirectResponse, Response,
-                               StreamingResponse)
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from ..client import Harvester, Job
-from ..errors import (BrokerUnavailable, HarvesterError, JobNotFound, JobSpecError,
-                      JobStateError, OutputDirError, OutputError)
+from ..errors import (
+    BrokerUnavailable,
+    HarvesterError,
+    JobNotFound,
+    JobSpecError,
+    JobStateError,
+    OutputDirError,
+    OutputError,
+)
 from .events import ProgressStream
 from .metrics import JobCollector
 

@@ -10,13 +10,13 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from ..engine import coordinator
 from ..client import CANCEL_SEAL_WAIT, Harvester, Job
-from ..errors import JobStateError
 from ..core.job import load_job
-from .local import LocalCluster
 from ..edges.store import open_store
+from ..engine import coordinator
+from ..errors import JobStateError
 from ..settings import Settings
+from .local import LocalCluster
 from .watch import EXIT_FAILED_PAGES, EXIT_OK, watch
 
 EXIT_USAGE, EXIT_ERROR = 2, 4
@@ -161,8 +161,8 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ..errors import VerifyError
     from ..engine.verify import summary, verify
+    from ..errors import VerifyError
 
     try:
         report = verify(args.dir)

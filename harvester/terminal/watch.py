@@ -12,11 +12,11 @@ import sys
 import time
 from typing import Protocol
 
-from ..engine import coordinator
-from ..errors import BrokerUnavailable, HarvesterError, JobNotFound, LocalClusterError
 from ..edges.ledger import JobState, Ledger
-from .progress import Progress
+from ..engine import coordinator
 from ..engine.runner import Dispatcher
+from ..errors import BrokerUnavailable, HarvesterError, JobNotFound, LocalClusterError
+from .progress import Progress
 
 EXIT_OK, EXIT_FAILED_PAGES, EXIT_INTERRUPTED = 0, 1, 130
 FINALIZE_ATTEMPTS = 3

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from harvester.core.job import parse_job
-from harvester.edges.ledger import Commit, Ledger
+from harvester.core.layout import Commit
+from harvester.edges.ledger import Ledger
 
 JOB = "runjob"
 

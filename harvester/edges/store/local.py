@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
+from ...core.layout import CLAIM_FILE, SEGMENTS_DIR, Piece, SealedPart
 from ...errors import StorageError
 from ..outdir import check_output_dir, claim_output_dir, inside
 from ..storage import SegmentWriter, fsync_dir, write_part
-from ...core.layout import CLAIM_FILE, SEGMENTS_DIR, Piece, SealedPart
 from .base import Store
 
 

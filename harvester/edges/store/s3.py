@@ -22,10 +22,11 @@ import tempfile
 import threading
 import time
 from typing import Any, Callable, Iterator
+
+from ...core.layout import CLAIM_FILE, SEGMENTS_DIR, Piece, SealedPart, split_s3_url
 from ...errors import JobSpecError, OutputDirError, StorageError
 from ..outdir import MANIFEST
 from ..storage import PageMember
-from ...core.layout import CLAIM_FILE, SEGMENTS_DIR, Piece, SealedPart, split_s3_url
 from .base import Store
 
 # Multipart part size: S3 wants >= 5 MiB for every part but the last.
