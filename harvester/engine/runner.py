@@ -232,10 +232,11 @@ class PageRunner:
                     break
                 rest = runnable[index + 1:]
                 if rest and index + 1 >= cost.run_pages(self.settings.run_pages):
-                    # Its pages are slow: past about a second of work, the rest of the
-                    # run goes a message a page, so other threads share it.
-                    # (What the run wrote is committed below, as at any run's end.)
-                    self._hand_back(job_id, rest, handed_back)
+                    # Past about a second of work: the rest of the run goes back in runs
+                    # of about a second each (a page each, if pages are that slow), so
+                    # other threads share it. (What the run wrote is committed below, as
+                    # at any run's end.)
+                    self._hand_back(job_id, rest, handed_back, cost)
                     break
             if written:
                 outcome, claimed = self._commit_written(job_id, spec, written, failures)
@@ -295,16 +296,18 @@ class PageRunner:
             claimed = claimed + own
         return outcome, claimed
 
-    def _hand_back(self, job_id: str, rest: list[int], handed_back: set[int]) -> None:
-        """Give ``rest`` back as single-page messages."""
+    def _hand_back(self, job_id: str, rest: list[int], handed_back: set[int],
+                   cost: PageCost) -> None:
+        """Give ``rest`` back in runs sized by the job's cost per page. (Single pages
+        whatever the cost made a run that overran its budget by a page or two cost a
+        message per page, which made the next runs slower still.)"""
         for page in rest:
             # No longer this task's: the heartbeat must not renew their leases.
             self.in_flight.remove(job_id, page)
         handed_back.update(rest)
         given = self.ledger.release_pages(job_id, rest, self.worker_name)
         log.info("run.handed_back", pages=len(given))
-        for page in given:
-            self.dispatcher.send_page(job_id, page)
+        self._send_claims(job_id, given, cost)
 
     def _harvest_alone(self, job_id: str, spec: JobSpec, pages: list[_Written],
                        failures: list[PageFailed]) -> tuple[str, list[int]]:
