@@ -9,10 +9,10 @@ manifest is the previous one merged with the new parts.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-from .layout import Commit, Piece
+from .layout import Commit, Piece, Pieces
 
 FORMAT = "harvester/1"
 MANIFEST = "_manifest.json"
@@ -29,24 +29,23 @@ class PlannedPart:
     """
 
     name: str
-    pieces: list[Piece] = field(default_factory=list)
+    pieces: Pieces = field(default_factory=Pieces)
     page_ranges: list[list[int]] = field(default_factory=list)
     page_count: int = 0
     lines: int = 0
     raw_bytes: int = 0
     compressed_bytes: int = 0
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.pieces, Pieces):
+            self.pieces = Pieces(self.pieces)
+
     @property
     def pages(self) -> list[int]:
         return list(expand_ranges(self.page_ranges))
 
     def add(self, commit: Commit, segment: str) -> None:
-        last = self.pieces[-1] if self.pieces else None
-        if last is not None and last.segment == segment and \
-                last.offset + last.length == commit.offset:
-            self.pieces[-1] = Piece(segment, last.offset, last.length + commit.length)
-        else:
-            self.pieces.append(Piece(segment, commit.offset, commit.length))
+        self.pieces.append(Piece(segment, commit.offset, commit.length))
         if self.page_ranges and self.page_ranges[-1][1] + 1 == commit.page:
             self.page_ranges[-1][1] = commit.page
         else:
@@ -149,13 +148,16 @@ def merge_manifest(previous: dict[str, Any] | None, *, job_id: str, spec: dict[s
 
 
 def plan_to_json(parts: list[PlannedPart]) -> list[dict[str, Any]]:
-    return [asdict(part) for part in parts]
+    return [{"name": part.name, "pieces": part.pieces.to_json(),
+             "page_ranges": part.page_ranges, "page_count": part.page_count,
+             "lines": part.lines, "raw_bytes": part.raw_bytes,
+             "compressed_bytes": part.compressed_bytes} for part in parts]
 
 
 def plan_from_json(data: list[dict[str, Any]]) -> list[PlannedPart]:
     parts = []
     for part in data:
-        fields = {**part, "pieces": [Piece(**p) for p in part["pieces"]]}
+        fields = {**part, "pieces": Pieces.from_json(part["pieces"])}
         if "pages" in fields:  # a plan saved before pages were kept as ranges
             pages = fields.pop("pages")
             fields.update(page_ranges=page_ranges(pages), page_count=len(pages))

@@ -253,3 +253,29 @@ def test_plan_json_round_trip():
 def test_plan_json_empty():
     """An empty plan round-trips to an empty list."""
     assert plan_from_json(plan_to_json([])) == []
+
+
+def test_pieces_are_packed_merged_and_round_trip_through_the_plan():
+    """Pieces keep ~24 bytes a member (200,000 members that do not merge: under 10 MB
+    where Piece objects took ~30), merge members end to end in a segment, read back
+    by index, slice and iteration, and load from a plan of either format."""
+    import tracemalloc
+
+    from harvester.core.layout import Pieces
+
+    tracemalloc.start()
+    pieces = Pieces()
+    for i in range(200_000):
+        pieces.append(Piece(SEGMENTS[i % 2], i * 1000, 100))  # alternate segments: no merge
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(pieces) == 200_000 and peak < 10 * 2**20, peak
+    assert pieces[7] == Piece(SEGMENTS[1], 7000, 100) and pieces[-1].offset == 199_999_000
+    assert pieces[1:3] == [Piece(SEGMENTS[1], 1000, 100), Piece(SEGMENTS[0], 2000, 100)]
+
+    merged = Pieces([Piece("a", 0, 10), Piece("a", 10, 5), Piece("b", 15, 1), Piece("a", 15, 1)])
+    assert list(merged) == [Piece("a", 0, 15), Piece("b", 15, 1), Piece("a", 15, 1)]
+    assert Pieces.from_json(merged.to_json()) == merged
+    old = [{"segment": "a", "offset": 0, "length": 10}, {"segment": "a", "offset": 10, "length": 5}]
+    assert Pieces.from_json(old) == [Piece("a", 0, 15)]
+    assert json.loads(json.dumps(plan_to_json([PlannedPart("p", pieces=merged)])))
