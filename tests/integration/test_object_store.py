@@ -169,6 +169,7 @@ def test_a_worker_killed_mid_job_loses_nothing_in_the_store(job_file, harvest, r
     """Two workers with private spools write to the store; one is SIGKILLed mid-job
     (its spooled, unuploaded pages die with it). Its pages come back on the other
     worker; the job ends with every page exactly once and verify passes."""
+    workers.env["HARVEST_LEASE_SECONDS"] = "6"  # the lost pages come back sooner
     workers.start()
     with start_demo_api(latency_ms=30) as api:
         job = job_file(url=f"{api.url}/items", params={"per_page": 5, "pages": 400},

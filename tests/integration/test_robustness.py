@@ -58,10 +58,12 @@ def _worker_pids(harvest_pid: int) -> list[int]:
 def test_worker_trees_killed_three_times(job_file, harvest, tmp_path):
     """SIGKILL of a worker's whole process tree, three times during a --local job: the job
     still ends with every page exactly once, each page that was running on a killed worker is
-    committed again within 30 s, and the dead worker is replaced."""
+    committed again within 30 s, and the dead worker is replaced. (Leases of 6 s, so the
+    job can be shorter: the recovery path is the same at any lease.)"""
+    harvest.env["HARVEST_LEASE_SECONDS"] = "6"
     with start_demo_api(latency_ms=300) as slow_api:
-        job = job_file(url=f"{slow_api.url}/items", params={"per_page": 5, "pages": 1500},
-                       pagination='style = "page"\npages = 1500')
+        job = job_file(url=f"{slow_api.url}/items", params={"per_page": 5, "pages": 900},
+                       pagination='style = "page"\npages = 900')
         process = harvest.popen("run", str(job), "--local", "--workers", "2", "--threads", "4")
         reader = StderrReader(process.stderr)
         reader.start()
@@ -99,7 +101,7 @@ def test_worker_trees_killed_three_times(job_file, harvest, tmp_path):
         assert "restarting" in "".join(reader.lines)
     out = tmp_path / "out"
     assert (out / "_SUCCESS").exists()
-    assert_exactly_once(out, range(1, 1501))
+    assert_exactly_once(out, range(1, 901))
     assert harvest("verify", str(out)).returncode == 0
 
 
@@ -153,6 +155,7 @@ def test_finalizer_killed_midway_gives_the_same_output(api, job_file, harvest, r
     """Workers SIGKILLed while the finalizer is writing parts: once a worker is back, the
     finalizer's lease runs out, it runs again and the parts written before the kill come out
     byte-identical; the output is exact and a third run changes nothing."""
+    workers.env["HARVEST_LEASE_SECONDS"] = "6"  # the finalizer's lease runs out sooner
     workers.env["HARVEST_PART_BYTES"] = "2048"  # many small parts: a long finalization
     workers.start()
     job = job_file(url=f"{api.url}/items", params={"per_page": 5, "pages": 3000},
@@ -204,6 +207,7 @@ def test_a_worker_killed_mid_run_loses_only_its_uncommitted_pages(job_file, harv
     the pages of its runs it had not committed (leased to it at once when each run
     began) come back with their leases and are committed within 30 s; the job ends with
     every page exactly once."""
+    workers.env["HARVEST_LEASE_SECONDS"] = "6"  # the lost pages come back sooner
     workers.env["HARVEST_RUN_PAGES"] = "8"
     harvest.env["HARVEST_RUN_PAGES"] = "8"
     workers.threads = 2
