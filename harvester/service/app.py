@@ -14,8 +14,10 @@ import hmac
 import json
 import time
 from collections.abc import Iterator
+from http.cookies import CookieError, SimpleCookie
 from importlib.resources import files
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.responses import (
@@ -90,16 +92,24 @@ class TokenGate:
                 if hmac.compare_digest(value[7:].strip(), self.token):
                     return True
             elif name == b"cookie":
-                for part in value.split(b";"):
-                    key, _, cookie = part.strip().partition(b"=")
-                    if key == COOKIE.encode() and hmac.compare_digest(cookie, self.token):
-                        return True
+                # SimpleCookie undoes the quoting set_cookie applies to a token with '/'
+                # or '=' in it.
+                jar = SimpleCookie()
+                try:
+                    jar.load(value.decode("latin-1"))
+                except CookieError:
+                    continue
+                morsel = jar.get(COOKIE)
+                if morsel is not None and hmac.compare_digest(morsel.value.encode("latin-1"),
+                                                              self.token):
+                    return True
         query = scope.get("query_string", b"")
         # The dashboard's first visit: GET /?token=... (answered by setting the cookie).
         if scope["path"] == "/" and scope["method"] == "GET":
             for part in query.split(b"&"):
                 key, _, value = part.partition(b"=")
-                if key == b"token" and hmac.compare_digest(value, self.token):
+                if key == b"token" and hmac.compare_digest(unquote_to_bytes(value.replace(
+                        b"+", b" ")), self.token):
                     return True
         return False
 

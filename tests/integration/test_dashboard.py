@@ -6,6 +6,7 @@ the retry button runs them again. Screenshots are kept in test-artifacts/."""
 from __future__ import annotations
 
 import shutil
+from urllib.parse import quote
 
 import pytest
 
@@ -60,7 +61,7 @@ def test_dashboard_shows_progress_and_failures_and_retries_them(browser, service
         shown = text("pages").split("/")[0].replace(",", "").strip()
         return int(shown) if shown.isdigit() else -1
 
-    browser.get(f"{service.url}/?token={service.token}")  # the token becomes a cookie
+    browser.get(f"{service.url}/?token={quote(service.token, safe='')}")  # becomes a cookie
     assert "token=" not in browser.current_url
     wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, f'tr[data-job-id="{job_id}"]'),
              timeout=20, what="the job in the dashboard's list")

@@ -11,7 +11,7 @@ import requests
 
 from .services import HARVEST, REPO_ROOT, free_port, kill_tree, wait_for
 
-TOKEN = "test-token-0123456789abcdef"
+TOKEN = "test-token/0123+456789=abcdef"  # characters a URL must escape
 
 
 class Service:
