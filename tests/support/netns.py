@@ -110,7 +110,10 @@ class Network:
     process itself reaches every host) and the hosts on it."""
 
     def __init__(self, log_dir: Path | None = None):
-        number = os.getpid() % 200 + 20
+        # Distinct per test process (pytest-xdist's gw0, gw1 run side by side), so their
+        # bridges, namespaces and subnets never meet.
+        worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+        number = 20 + (os.getpid() % 50) * 4 + worker % 4
         self.tag = f"hv{number}"
         self.subnet = f"10.{number}.77"
         self.gateway = f"{self.subnet}.1"
