@@ -14,6 +14,9 @@ import secrets as token_source
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -74,6 +77,67 @@ class _JobResources:
     retired: list[Segment] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """A page's request, secrets filled in: never stored, never logged."""
+
+    page: int
+    url: str  # the display URL (templates left as ${...})
+    resolved: ResolvedRequest
+    headers: dict[str, str]
+    secrets: SecretSet
+    origin: Origin
+
+
+@dataclass
+class _Sent:
+    """A request sent, its response's body not yet read: holds a limiter slot."""
+
+    prepared: _Prepared
+    deadline: float
+    response: Response
+    _opened: AbstractContextManager[Response]
+    _slot: str | None
+    _limiter: RequestLimiter
+
+    def close(self) -> None:
+        try:
+            self._opened.__exit__(None, None, None)
+        finally:
+            self._limiter.release(self._slot)
+
+
+class Ahead:
+    """A page's request sent ahead on a helper thread (:meth:`PageFetcher.send_ahead`):
+    taken once by the page's first attempt, or cancelled."""
+
+    def __init__(self, page: int, link: Link, future: Future[_Sent]):
+        self.page = page
+        self.link = link
+        self._future = future
+        self._done = False
+
+    def serves(self, page: int, link: Link | None) -> bool:
+        return not self._done and page == self.page and link == self.link
+
+    def take(self) -> _Sent:
+        """The sent request, or the error sending it raised (the attempt's own)."""
+        self._done = True
+        return self._future.result()
+
+    def cancel(self) -> None:
+        """Drop it: wait until it is sent (the thread's Session is not free before),
+        then close its response unread. No-op once taken."""
+        if self._done:
+            return
+        self._done = True
+        try:
+            sent = self._future.result()
+        except Exception:  # noqa: BLE001 - an error of a request no attempt will use
+            return
+        sent.close()
+
+
 class _ThreadResources(threading.local):
     def __init__(self) -> None:
         self.jobs: OrderedDict[str, _JobResources] = OrderedDict()
@@ -93,16 +157,50 @@ class PageFetcher:
         self._secret_sets: dict[str, SecretSet] = {}
         self._origins: dict[str, Origin] = {}
         self._stores: dict[str, Store] = {}
+        self._ahead_pool: ThreadPoolExecutor | None = None
+        self._ahead_lock = threading.Lock()
 
     def fetch(self, job_id: str, spec: JobSpec, page: int, link: Link | None, *,
-              limited: bool = True, total: int | None = None, sync: bool = True) -> Fetched:
+              limited: bool = True, total: int | None = None, sync: bool = True,
+              ahead: Ahead | None = None,
+              on_following: Callable[[Following], None] | None = None) -> Fetched:
         """Fetch ``page`` once into this thread's segment (not yet committed).
 
         ``total`` is the job's page count when known (to tell a short last page
         from a page the API cut short). With ``sync`` False the page's bytes are not
-        yet durable: :meth:`sync` must run before it is committed. Raises
-        :class:`PageError` subclasses.
+        yet durable: :meth:`sync` must run before it is committed. ``ahead``: this
+        page's request, already sent by :meth:`send_ahead` (its response, or the error
+        sending it raised, is this attempt's). ``on_following`` hears what the page
+        says follows as soon as its body is checked, before its bytes are made
+        durable. Raises :class:`PageError` subclasses.
         """
+        resources = self._resources(job_id, spec)
+        sent = ahead.take() if ahead is not None else self._send(
+            job_id, spec, self._prepare(job_id, spec, page, link), resources, limited)
+        return self._receive(job_id, spec, page, link, sent, resources, total, sync,
+                             on_following)
+
+    def send_ahead(self, job_id: str, spec: JobSpec, page: int, link: Link, *,
+                   limited: bool) -> Ahead | None:
+        """Send ``page``'s request on a helper thread while this thread goes on (a
+        chain's next page, while its predecessor is made durable and committed), so
+        that the API's latency overlaps that work. The response stays unread until
+        :meth:`fetch` takes it or :meth:`Ahead.cancel` drops it. None when the request
+        cannot be built (the page's own attempt then says why)."""
+        try:
+            prepared = self._prepare(job_id, spec, page, link)
+        except PageError:
+            return None
+        resources = self._resources(job_id, spec)
+        with self._ahead_lock:
+            if self._ahead_pool is None:
+                self._ahead_pool = ThreadPoolExecutor(thread_name_prefix="harvest-ahead")
+            pool = self._ahead_pool
+        return Ahead(page, link, pool.submit(self._send, job_id, spec, prepared, resources,
+                                             limited))
+
+    def _prepare(self, job_id: str, spec: JobSpec, page: int, link: Link | None) -> _Prepared:
+        """The page's request with its secrets filled in, checked sendable."""
         request = pagination.request_for(spec, page, link)
         url = display_url(request)
         try:
@@ -123,26 +221,33 @@ class PageFetcher:
         except PageError as exc:
             exc.url = url
             raise
-        resources = self._resources(job_id, spec)
+        return _Prepared(page, url, resolved, headers, secrets, origin)
+
+    def _send(self, job_id: str, spec: JobSpec, prepared: _Prepared, resources: _JobResources,
+              limited: bool) -> _Sent:
+        """Pass the limiter and send the request: its response, headers read, body not."""
         deadline = time.monotonic() + spec.http.page_deadline
         try:
             slot = self.limiter.acquire(job_id, spec.limits, self.stopping.is_set) \
                 if limited else None
         except InterruptedError:
-            raise Abandoned(job_id, page) from None
+            raise Abandoned(job_id, prepared.page) from None
         try:
-            return self._request(job_id, spec, page, link, url, resolved, headers, secrets,
-                                 origin, resources, deadline, total, sync)
-        finally:
+            opened = open_page(resources.session, prepared.resolved, headers=prepared.headers,
+                               http=spec.http, url=prepared.url, secrets=prepared.secrets,
+                               origin=prepared.origin, allow_hosts=spec.pagination.allow_hosts)
+            response = opened.__enter__()
+        except BaseException:
             self.limiter.release(slot)
+            raise
+        return _Sent(prepared, deadline, response, opened, slot, self.limiter)
 
-    def _request(self, job_id: str, spec: JobSpec, page: int, link: Link | None, url: str,
-                 resolved: ResolvedRequest, headers: dict[str, str], secrets: SecretSet,
-                 origin: Origin, resources: _JobResources, deadline: float,
-                 total: int | None, sync: bool) -> Fetched:
-        with open_page(resources.session, resolved, headers=headers, http=spec.http, url=url,
-                       secrets=secrets, origin=origin,
-                       allow_hosts=spec.pagination.allow_hosts) as response:
+    def _receive(self, job_id: str, spec: JobSpec, page: int, link: Link | None, sent: _Sent,
+                 resources: _JobResources, total: int | None, sync: bool,
+                 on_following: Callable[[Following], None] | None) -> Fetched:
+        """Stream the sent request's body into the segment; closes the response."""
+        url, secrets, response = sent.prepared.url, sent.prepared.secrets, sent.response
+        try:
             segment = self._segment(job_id, spec, resources)
             member = segment.begin_page(spec.output.compress_level)
             try:
@@ -156,7 +261,7 @@ class PageFetcher:
                     line_prefix=_line_prefix(page, url, response.status),
                     content_type=content_type)
                 try:
-                    for chunk in read_body(response, deadline=deadline, http=spec.http,
+                    for chunk in read_body(response, deadline=sent.deadline, http=spec.http,
                                            url=url, secrets=secrets):
                         if self.stopping.is_set():
                             raise Abandoned(job_id, page)
@@ -168,12 +273,16 @@ class PageFetcher:
                     exc.url, exc.status = url, response.status
                     exc.attempts = exc.attempts or response.attempts
                     raise
+                if on_following is not None:
+                    on_following(following)
                 location = member.commit(sync=sync)
                 if not sync:
                     resources.unsynced_pages += 1
             except BaseException:
                 member.abort()
                 raise
+        finally:
+            sent.close()
         commit = Commit(page=page, segment=resources.segment_id, offset=location.offset,
                         length=location.length, raw_bytes=location.raw_bytes, lines=result.lines)
         return Fetched(commit=commit, following=following, requests_sent=response.attempts)
@@ -219,6 +328,8 @@ class PageFetcher:
         for resources in self._local.jobs.values():
             _close(resources)
         self._local.jobs.clear()
+        if self._ahead_pool is not None:
+            self._ahead_pool.shutdown(wait=True)
 
     # ----------------------------------------------------- per-job, per-thread
 

@@ -36,7 +36,8 @@ from ..errors import (
     StorageError,
 )
 from ..settings import Settings
-from .fetcher import Fetched, Following, PageFetcher, now_iso, page_url
+from .chain import ChainAhead
+from .fetcher import Ahead, Fetched, Following, PageFetcher, now_iso, page_url
 from .limits import RequestLimiter
 
 log = structlog.get_logger("harvester.page")
@@ -137,30 +138,40 @@ class PageRunner:
         A chain page's task goes on with the page it names, up to ``CHAIN_HOPS`` pages
         or ``CHAIN_SECONDS``: the ledger still leases and records each page, but the
         successor skips the trip through the broker (~8 ms a page, a third of a chain's
-        time at 20 ms API latency). Then the successor is sent as usual.
+        time at 20 ms API latency). Then the successor is sent as usual. While it goes
+        on, the successor's request is sent ahead as soon as the page's body names it,
+        so the API's latency overlaps the page's fsync and commit (see
+        :meth:`PageFetcher.send_ahead`); if the page does not commit, it is dropped.
         """
         began = time.monotonic()
         first = pages[0]
         hops = 0
-        while True:
-            go_on = hops < CHAIN_HOPS and time.monotonic() - began < CHAIN_SECONDS
-            try:
-                outcome, successor = self._run_pages(job_id, pages, keep_successor=go_on)
-            except Abandoned:
-                if hops:
-                    # Its message names the chain's first page, long committed: the
-                    # page it was on must travel on its own.
-                    self.dispatcher.send_page(job_id, pages[0])
-                raise
-            if successor is None:
-                return outcome if not hops else f"{outcome}: pages {first}..{pages[-1]}"
-            pages = [successor]
-            hops += 1
+        chain = ChainAhead(self.fetcher)
+        try:
+            while True:
+                go_on = hops < CHAIN_HOPS and time.monotonic() - began < CHAIN_SECONDS
+                try:
+                    outcome, successor = self._run_pages(job_id, pages, keep_successor=go_on,
+                                                         chain=chain)
+                except Abandoned:
+                    if hops:
+                        # Its message names the chain's first page, long committed: the
+                        # page it was on must travel on its own.
+                        self.dispatcher.send_page(job_id, pages[0])
+                    raise
+                chain.settle(successor)
+                if successor is None:
+                    return outcome if not hops else f"{outcome}: pages {first}..{pages[-1]}"
+                pages = [successor]
+                hops += 1
+        finally:
+            chain.drop()
 
-    def _run_pages(self, job_id: str, pages: list[int], *,
-                   keep_successor: bool = False) -> tuple[str, int | None]:
+    def _run_pages(self, job_id: str, pages: list[int], *, keep_successor: bool = False,
+                   chain: ChainAhead | None = None) -> tuple[str, int | None]:
         """One run; with ``keep_successor``, a chain page's successor is returned to be
-        run next by the caller instead of being sent."""
+        run next by the caller instead of being sent, its request sent ahead through
+        ``chain`` (which also holds this page's, if the page before sent it)."""
         try:
             spec = self._spec(job_id)
         except JobNotFound:
@@ -191,6 +202,7 @@ class PageRunner:
         # Retries and pauses happen inside the task, which must end well within
         # kombu's visibility timeout, or the broker would deliver the run again.
         give_back_at = time.monotonic() + self.settings.visibility_timeout / 2
+        chaining = keep_successor and len(runnable) == 1 and pagination.is_chain(spec)
         try:
             for index, page in enumerate(runnable):
                 structlog.contextvars.bind_contextvars(page=page)
@@ -202,7 +214,7 @@ class PageRunner:
                     outcome, claimed, raw_bytes = self._harvest(
                         job_id, spec, page, Link.from_dict(start.link), task_try=start.tries,
                         paused=start.paused, total=start.total, give_back_at=give_back_at,
-                        written=written)
+                        written=written, chain=chain, send_ahead=chaining)
                     cost.add(time.monotonic() - page_began, raw_bytes)
                     if outcome == "written" and written[-1].fetched.following != NOTHING_FOLLOWS:
                         # It tells the job something (a total, an end): the run so far
@@ -339,26 +351,45 @@ class PageRunner:
 
     def _harvest(self, job_id: str, spec: JobSpec, page: int, link: Link | None,
                  task_try: int, *, paused: bool, total: int | None, give_back_at: float,
-                 written: list[_Written] | None = None) -> tuple[str, list[int], int]:
+                 written: list[_Written] | None = None, chain: ChainAhead | None = None,
+                 send_ahead: bool = False) -> tuple[str, list[int], int]:
         """One page to its end: (outcome, pages claimed, raw bytes); a page failed for
         good raises _FailedForGood. With ``written`` (a fan-out run), the page is only
         written, and left there for the run's one fsync and commit (outcome
-        ``written``)."""
+        ``written``). ``chain``: the first attempt takes the request sent ahead for this
+        page, if any; with ``send_ahead``, the successor's request is sent ahead as soon
+        as the body names it (see :mod:`harvester.engine.chain`)."""
+        ahead = chain.request_for(page, link, paused=paused) if chain is not None else None
+        try:
+            return self._attempts(job_id, spec, page, link, task_try, paused=paused,
+                                  total=total, give_back_at=give_back_at, written=written,
+                                  ahead=ahead, chain=chain if send_ahead else None)
+        finally:
+            if ahead is not None:
+                ahead.cancel()  # a no-op once the first attempt took it
+
+    def _attempts(self, job_id: str, spec: JobSpec, page: int, link: Link | None,
+                  task_try: int, *, paused: bool, total: int | None, give_back_at: float,
+                  written: list[_Written] | None, ahead: Ahead | None,
+                  chain: ChainAhead | None) -> tuple[str, list[int], int]:
         http = spec.http
         sent = 0
         attempt = 0
+        on_following = None
+        if chain is not None:
+            def on_following(following: Following) -> None:
+                if not self.stopping.is_set():
+                    chain.send(job_id, spec, page, following,
+                               limited=lambda: self._limited(job_id, spec))
         while True:
             attempt += 1
             structlog.contextvars.bind_contextvars(attempt=attempt, task_try=task_try)
             try:
-                # With no limits set, the limiter only enforces Retry-After pauses:
-                # skip its round trip unless a pause may hold (start_pages saw one, or
-                # this process's view of the job, at most 0.1 s old, shows one).
-                limited = paused or attempt > 1 or spec.limits.rate_per_second is not None \
-                    or spec.limits.max_in_flight is not None \
-                    or self.limiter.maybe_paused(job_id)
-                fetched = self.fetcher.fetch(job_id, spec, page, link, limited=limited,
-                                             total=total, sync=written is None)
+                limited = paused or attempt > 1 or self._limited(job_id, spec)
+                fetched = self.fetcher.fetch(
+                    job_id, spec, page, link, limited=limited, total=total,
+                    sync=written is None, on_following=on_following,
+                    ahead=ahead if attempt == 1 else None)
             except Abandoned:
                 raise
             except HTTPStatusError as exc:
@@ -387,6 +418,13 @@ class PageRunner:
                 return (*self._commit(job_id, spec, page, link, fetched, sent), raw_bytes)
             written.append(_Written(page, link, task_try, total, fetched, sent))
             return "written", [], raw_bytes
+
+    def _limited(self, job_id: str, spec: JobSpec) -> bool:
+        """Whether a request must pass the limiter. With no limits set, the limiter only
+        enforces Retry-After pauses: skip its round trip unless this process's view of
+        the job (at most 0.1 s old) shows one may hold."""
+        return spec.limits.rate_per_second is not None \
+            or spec.limits.max_in_flight is not None or self.limiter.maybe_paused(job_id)
 
     def _commit(self, job_id: str, spec: JobSpec, page: int, link: Link | None,
                 fetched: Fetched, sent: int) -> tuple[str, list[int]]:

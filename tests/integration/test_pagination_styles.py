@@ -203,7 +203,34 @@ def test_repeated_cursor_fails_the_page_instead_of_looping(api, cluster, harvest
     assert [f["page"] for f in failed] == [5]
     assert "already followed" in failed[0]["message"] and "'c2'" in failed[0]["message"]
     assert sorted(read_pages(tmp_path / "out")[0]) == [1, 2, 3, 4]
-    assert api.stats()["by_page"].get("/cursor:6") is None, "the loop was not followed"
+    asked = api.stats()["by_page"]
+    assert asked.get("/cursor:6") is None, "the loop was not followed"
+    assert asked["/cursor:2"] == 1, "page 2's cursor was not asked for again, not even ahead"
+
+
+def test_a_chain_asks_for_each_page_once_even_when_sent_ahead(api, cluster, harvest, tmp_path):
+    """A cursor chain sends each successor's request ahead while its page commits: the API
+    still sees each page asked for exactly once, and a successor whose request sent ahead
+    got a 503 or a body cut short is retried like any page (asked for twice, in the
+    output once, its requests counted)."""
+    redis_server, _ = cluster
+    api.set_faults([
+        {"kind": "status", "status": 503, "paths": ["/cursor"], "pages": [9], "times": 1},
+        {"kind": "reset", "paths": ["/cursor"], "pages": [20], "times": 1, "after_bytes": 50},
+    ])
+    job = _job(tmp_path / "job.toml", url=f"{api.url}/cursor",
+               params={"per_page": PER_PAGE, "pages": 60, "pad": 200},
+               pagination='style = "cursor"\ncursor_path = "meta.next_cursor"')
+    result = harvest("run", str(job), redis_url=redis_server.url)
+    assert result.returncode == 0, result.stderr
+    counts, _ = read_pages(tmp_path / "out")
+    assert sorted(counts) == list(range(1, 61)) and set(counts.values()) == {1}
+    asked = api.stats()["by_page"]
+    assert {page: asked[f"/cursor:{page}"] for page in range(1, 61)} == {
+        page: 2 if page in (9, 20) else 1 for page in range(1, 61)}
+    assert len([k for k in asked if k.startswith("/cursor:")]) == 60
+    status = harvest("status", result.stdout.split()[1], "--json", redis_url=redis_server.url)
+    assert json.loads(status.stdout)["requests"] == 62, status.stdout
 
 
 def test_redirects_are_followed_only_within_the_origin(cluster, harvest, tmp_path):
