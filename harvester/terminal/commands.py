@@ -224,8 +224,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def worker_argv(celery_args: list[str]) -> list[str]:
     defaults = ["-P", "threads", "-c", "8", "-Q", "harvest", "-E", "--without-gossip",
                 "--without-mingle", "--loglevel", "INFO"]
-    return [sys.executable, "-m", "celery", "-A", "workers.app:app", "worker", *defaults,
-            *celery_args]
+    return [sys.executable, "-m", "workers.celery_worker", *defaults, *celery_args]
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

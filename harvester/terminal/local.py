@@ -137,7 +137,7 @@ class WorkerPool:
         self.failure: str | None = None
 
     def command(self, index: int) -> list[str]:
-        return [sys.executable, "-m", "celery", "-A", "workers.app:app", "worker",
+        return [sys.executable, "-m", "workers.celery_worker",
                 "-P", "threads", "-c", str(self.threads), "-Q", QUEUE, "-E",
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
                 "-n", f"local{index}-{os.getpid()}@%h", "--loglevel", "INFO"]
