@@ -172,6 +172,20 @@ class Commit:
         return cls(page, segment, offset, length, raw, lines)
 
 
+# A commit bucket's field holding its sealed pages as a bitmap (lua/compact.lua): hex,
+# two digits a byte, byte k for pages 8k..8k+7 of the bucket, lowest bit first.
+FOLDED = "done"
+
+
+def folded_pages(bucket: int, bitmap: str | None) -> set[int]:
+    """The pages of commit bucket ``bucket`` (128 pages) its folded bitmap holds."""
+    if not bitmap:
+        return set()
+    base = bucket * 128
+    return {base + 8 * k + i for k, byte in enumerate(bytes.fromhex(bitmap))
+            for i in range(8) if byte >> i & 1}
+
+
 def decode_pages(text: str) -> list[int]:
     """The pages a commit claimed, as its script stored them: ``"1249-1280,1300"``."""
     pages: list[int] = []

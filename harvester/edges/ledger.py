@@ -4,7 +4,9 @@ Keys of job ``J`` (the ``{J}`` hash tag keeps them in one cluster slot)::
 
     hv:{J}:job        hash    spec, state, total, open, next_page, window, counts, times
     hv:{J}:c:<n>      hash    page -> "segment:offset:length:raw:lines[|claimed a-b,c]",
-                              128 pages per hash so Redis keeps each a compact listpack
+                              128 pages per hash so Redis keeps each a compact listpack;
+                              once the job is sealed, one field "done": a bitmap of the
+                              bucket's committed pages (hex, see lua/compact.lua)
     hv:{J}:buckets    set     the <n> of every c:<n> hash that exists, so walking the
                               commits costs what was committed, not what was announced
     hv:{J}:segs       hash    segment id -> path relative to the output dir
@@ -46,7 +48,7 @@ from typing import Any
 
 import structlog
 
-from ..core.layout import Commit, decode_pages
+from ..core.layout import FOLDED, Commit, decode_pages, folded_pages
 from ..core.secrets import scrub, scrub_value
 from ..core.spec import JobSpec
 from ..errors import JobNotFound
@@ -60,6 +62,7 @@ FINAL_STATES = ("done", "failed", "cancelled")
 JOB_KEYS = ("job", "lease", "todo", "tries", "links", "owner", "failed", "claims", "buckets",
             "segs", "sealed", "seen", "bucket", "inflight")
 BUCKET = 128
+FOLD_BATCH = 256  # buckets folded per script call (~32,000 pages: a few ms of Redis)
 
 
 @dataclass(frozen=True)
@@ -398,7 +401,8 @@ class Ledger(SealRecords):
 
     def is_committed(self, job_id: str, page: int) -> bool:
         key = f"{self.prefix(job_id)}:c:{page // BUCKET}"
-        return bool(self._call(self.redis.hexists, key, page))
+        record, folded = self._call(self.redis.hmget, key, [page, FOLDED])
+        return record is not None or page in folded_pages(page // BUCKET, folded)
 
     def release_pages(self, job_id: str, pages: list[int], worker: str) -> list[int]:
         """``worker`` gives ``pages`` back: queued again, owned by no one. Returns the
@@ -424,4 +428,13 @@ class Ledger(SealRecords):
             pipe.srem("hv:active", job_id)
 
         self._pipeline(build)
+        self._fold_commits(job_id)
         self._expire(job_id)
+
+    def _fold_commits(self, job_id: str) -> None:
+        """Every commit is sealed: fold each bucket's records into its bitmap of committed
+        pages (lua/compact.lua), ~34 bytes a page down to ~1 for the days the job is kept."""
+        buckets = sorted(self._call(self.redis.smembers, self.key(job_id, "buckets")), key=int)
+        for first in range(0, len(buckets), FOLD_BATCH):
+            self.run_script("compact", [],
+                            [self.prefix(job_id), *buckets[first:first + FOLD_BATCH]])

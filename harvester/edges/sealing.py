@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from ..core.layout import Commit
+from ..core.layout import FOLDED, Commit, folded_pages
 from ..core.secrets import scrub
 from .connection import LedgerConnection, now_ms
 
@@ -27,8 +27,19 @@ class SealRecords(LedgerConnection):
             read = self._pipeline(lambda pipe: [pipe.hgetall(f"{self.prefix(job_id)}:c:{b}")
                                                 for b in batch], transaction=False)
             for entries in read:
+                entries.pop(FOLDED, None)  # sealed by an earlier generation
                 for page in sorted(entries, key=int):
                     yield Commit.decode(int(page), entries[page])
+
+    def committed_pages(self, job_id: str) -> set[int]:
+        """Every committed page, sealed or not (for tests and tools: reads every bucket)."""
+        pages: set[int] = set()
+        buckets = self._call(self.redis.smembers, self.key(job_id, "buckets"))
+        for bucket in buckets:
+            entries = self._call(self.redis.hgetall, f"{self.prefix(job_id)}:c:{bucket}")
+            pages |= folded_pages(int(bucket), entries.pop(FOLDED, None))
+            pages |= {int(page) for page in entries}
+        return pages
 
     def segments(self, job_id: str) -> dict[int, str]:
         return {int(k): v for k, v in self._call(self.redis.hgetall,

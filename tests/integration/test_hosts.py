@@ -16,7 +16,7 @@ from support.demo import start_demo_api
 from support.output import assert_exactly_once
 from support.netns import Network, namespaces_available
 from support.s3 import S3Server, download
-from support.services import RedisServer, Workers, wait_for
+from support.services import RedisServer, Workers, committed_pages, wait_for
 
 REASON = namespaces_available()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -96,14 +96,6 @@ def _owned_by(cluster: Cluster, job_id: str, pids: set[int]) -> set[int]:
             if any(owner.endswith(f"-{pid}") for pid in pids)}
 
 
-def _committed(cluster: Cluster, job_id: str) -> set[int]:
-    client = cluster.redis.client()
-    pages: set[int] = set()
-    for bucket in client.smembers(f"hv:{{{job_id}}}:buckets"):
-        pages |= {int(p) for p in client.hkeys(f"hv:{{{job_id}}}:c:{bucket}")}
-    return pages
-
-
 def _exact(cluster: Cluster, harvest, prefix: str, pages: int, tmp_path) -> None:
     out = download(cluster.store, BUCKET, prefix, tmp_path / f"copy-{prefix}")
     assert (out / "_SUCCESS").exists()
@@ -132,7 +124,7 @@ def test_a_worker_host_lost_mid_job_its_pages_come_back_on_the_others(
     cluster.net.hosts["w1"].kill()
     cluster.net.hosts["w1"].cut()
     lost_at = time.monotonic()
-    wait_for(lambda: held <= _committed(cluster, job_id), timeout=120,
+    wait_for(lambda: held <= committed_pages(cluster.redis.client(), job_id), timeout=120,
              what="the lost host's pages to be committed on the other")
     back = time.monotonic() - lost_at
     wait_for(lambda: _job(cluster, job_id).get("state") == "done", timeout=240,
@@ -163,7 +155,7 @@ def test_a_worker_host_cut_off_for_60_s_doubles_and_loses_nothing(
     wait_for(holding, timeout=30, interval=0.02, what="the host to hold pages")
     host.cut()
     cut_at = time.monotonic()
-    wait_for(lambda: held <= _committed(cluster, job_id), timeout=60,
+    wait_for(lambda: held <= committed_pages(cluster.redis.client(), job_id), timeout=60,
              what="the cut-off host's pages to be committed on the other")
     taken = time.monotonic() - cut_at
     time.sleep(max(0.0, 60 - (time.monotonic() - cut_at)))

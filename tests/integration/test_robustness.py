@@ -14,7 +14,7 @@ import redis
 
 from support.demo import start_demo_api
 from support.output import assert_exactly_once, manifest
-from support.services import kill_tree
+from support.services import committed_pages, kill_tree
 
 
 class StderrReader(threading.Thread):
@@ -38,10 +38,6 @@ class StderrReader(threading.Thread):
                     return match
             time.sleep(0.05)
         raise AssertionError(f"no stderr line matching {pattern!r}: {''.join(self.lines)[-2000:]}")
-
-
-def _bucket(job_id: str, page: int) -> str:
-    return f"hv:{{{job_id}}}:c:{page // 128}"
 
 
 def _worker_pids(harvest_pid: int) -> list[int]:
@@ -88,9 +84,9 @@ def test_worker_trees_killed_three_times(job_file, harvest, tmp_path):
             kills.append((time.monotonic(), set(running)))
         recoveries = [None] * len(kills)
         while None in recoveries and time.monotonic() - kills[0][0] < 120:
+            committed = committed_pages(client, job_id)
             for index, (killed_at, pages) in enumerate(kills):
-                if recoveries[index] is None and all(
-                        client.hexists(_bucket(job_id, int(p)), p) for p in pages):
+                if recoveries[index] is None and {int(p) for p in pages} <= committed:
                     recoveries[index] = time.monotonic() - killed_at
             time.sleep(0.2)
         assert all(kill[1] for kill in kills), "every kill hit a worker with running pages"
@@ -192,13 +188,6 @@ def test_finalizer_killed_midway_gives_the_same_output(api, job_file, harvest, r
     assert not (out / ".segments").exists()
 
 
-def _committed(client: redis.Redis, job_id: str) -> set[int]:
-    pages: set[int] = set()
-    for bucket in client.smembers(f"hv:{{{job_id}}}:buckets"):
-        pages |= {int(p) for p in client.hkeys(f"hv:{{{job_id}}}:c:{bucket}")}
-    return pages
-
-
 def test_a_worker_killed_mid_run_loses_only_its_uncommitted_pages(job_file, harvest,
                                                                    redis_server, workers,
                                                                    tmp_path):
@@ -228,7 +217,7 @@ def test_a_worker_killed_mid_run_loses_only_its_uncommitted_pages(job_file, harv
             # Worker names end in the pid of the process that runs the pages.
             mine = {int(page) for page, owner in owners.items()
                     if any(owner.endswith(f"-{pid}") for pid in _tree_pids(victim.pid))}
-            committed_before = _committed(client, job_id)
+            committed_before = committed_pages(client, job_id)
             if len(mine - committed_before) > 2 and len(committed_before) > 16 \
                     and len(names) > 1:
                 held = mine - committed_before
@@ -239,7 +228,7 @@ def test_a_worker_killed_mid_run_loses_only_its_uncommitted_pages(job_file, harv
         killed_at = time.monotonic()
         victim.wait()
         lost = held
-        while not lost <= _committed(client, job_id) and time.monotonic() - killed_at < 60:
+        while not lost <= committed_pages(client, job_id) and time.monotonic() - killed_at < 60:
             time.sleep(0.2)
         recovered = time.monotonic() - killed_at
         while client.hget(f"hv:{{{job_id}}}:job", "state") != "done" and \

@@ -33,6 +33,13 @@ def wait_for(predicate, timeout: float = 60.0, what: str = "condition",
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def committed_pages(client: redis.Redis, job_id: str) -> set[int]:
+    """Every page the ledger holds committed, before or after the job is sealed."""
+    from harvester.edges.ledger import Ledger
+
+    return Ledger(client).committed_pages(job_id)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

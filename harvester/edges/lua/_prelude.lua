@@ -30,8 +30,22 @@ end
 -- Redis' Lua unpacks at most a few thousand values at once: batches stay below.
 local BATCH = 500
 
--- Which of ``pages`` are committed: {page (string) = standing value}. One HMGET
--- per commit bucket the pages fall in.
+-- Once a job is sealed, each bucket's commit records are folded into one field, 'done':
+-- a bitmap of the bucket's 128 pages in hex (two digits a byte; byte k holds pages
+-- 8k..8k+7, lowest bit first), see compact.lua. What a sealed page's commit stood for
+-- is in the manifest; the ledger keeps only that it is committed (1 bit, not ~34 bytes).
+local SEALED = 'sealed'
+
+local function sealed_bit(bitmap, page)
+  if not bitmap then return false end
+  local i = tonumber(page) % 128
+  local byte = tonumber(string.sub(bitmap, 2 * math.floor(i / 8) + 1,
+                                   2 * math.floor(i / 8) + 2), 16) or 0
+  return bit.band(byte, bit.lshift(1, i % 8)) ~= 0
+end
+
+-- Which of ``pages`` are committed: {page (string) = standing value, or SEALED}. One
+-- HMGET per commit bucket the pages fall in.
 local function committed_among(prefix, pages)
   local groups, order = {}, {}
   for _, page in ipairs(pages) do
@@ -44,9 +58,13 @@ local function committed_among(prefix, pages)
     local members = groups[bucket]
     for first = 1, #members, BATCH do
       local slice = {unpack(members, first, math.min(#members, first + BATCH - 1))}
-      local values = redis.call('HMGET', prefix .. ':c:' .. bucket, unpack(slice))
+      local values = redis.call('HMGET', prefix .. ':c:' .. bucket, 'done', unpack(slice))
       for i, page in ipairs(slice) do
-        if values[i] then found[tostring(page)] = values[i] end
+        if values[i + 1] then
+          found[tostring(page)] = values[i + 1]
+        elseif sealed_bit(values[1], page) then
+          found[tostring(page)] = SEALED
+        end
       end
     end
   end

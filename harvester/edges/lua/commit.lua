@@ -8,10 +8,11 @@
 -- a duplicate returns {'duplicate', the standing location, the pages its commit claimed
 -- (encode_pages)}. The stored value is "location" or "location|claimed pages": a lost
 -- reply can be replayed from it, at a few bytes a page in the bucket's compact listpack.
+-- A page of a sealed job stands as SEALED (its record was folded into the bucket's bitmap).
 local job, lease, page = KEYS[1], KEYS[2], ARGV[2]
 -- Before the state check: a replayed commit of the job's last page finds the job
 -- finalizing, and must still learn that its own commit stands.
-local standing = redis.call('HGET', bucket_key(ARGV[1], page), page)
+local standing = committed_among(ARGV[1], {page})[page]
 if standing then
   local bar = string.find(standing, '|', 1, true)
   if not bar then return {'duplicate', standing, ''} end

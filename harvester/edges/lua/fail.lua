@@ -3,7 +3,7 @@
 -- Returns {outcome, claimed pages...}; outcome is failed|last|duplicate|closed.
 local job, lease, page = KEYS[1], KEYS[2], ARGV[2]
 if redis.call('HGET', job, 'state') ~= 'running' then return {'closed'} end
-if redis.call('HEXISTS', bucket_key(ARGV[1], page), page) == 1 then return {'duplicate'} end
+if committed_among(ARGV[1], {page})[page] then return {'duplicate'} end
 if redis.call('HEXISTS', KEYS[3], page) == 1 and redis.call('HEXISTS', KEYS[6], page) == 1 then
   -- A replay of this page's failure (its reply was lost): hand back what it claimed.
   local reply = {'failed'}
