@@ -574,12 +574,27 @@ def _scale_trial(cluster: Cluster, api, pages: int, trial: int) -> dict:
     watcher.join()
     follower.join()
     lags = sorted(progress_lag(shown, committed)) or [float("nan")]
-    final = client.info("memory")["used_memory"]
+    final = _settled_memory(client)
     finalize = (samples["done_at"] or 0) - (samples["finalizing_at"] or 0)
     return {"rate": pages / result["seconds"], "peak": samples["peak"] - base,
             "per_page": (final - base) / pages, "finalize": max(0.0, finalize),
             "final_rss": samples["final_rss"], "lag_median": lags[len(lags) // 2],
             "lag_max": lags[-1]}
+
+
+def _settled_memory(client, timeout: float = 60.0) -> int:
+    """Redis' used memory once the finalizer has folded the job's commit records, which
+    it does just after the job reads final: the first reading that has not fallen for
+    a second."""
+    deadline = time.monotonic() + timeout
+    last = client.info("memory")["used_memory"]
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = client.info("memory")["used_memory"]
+        if now >= last - 4096:
+            return min(now, last)
+        last = now
+    return last
 
 
 if __name__ == "__main__":
