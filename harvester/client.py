@@ -34,7 +34,7 @@ from .edges.ledger import JobState, Ledger
 from .edges.store import open_store
 from .engine import coordinator
 from .engine.output import SealedOutput
-from .errors import JobNotFound, JobStateError, OutputNotSealed, WaitTimeout
+from .errors import JobStateError, OutputNotSealed, WaitTimeout
 from .settings import Settings, ledger_for
 
 # How long cancel() waits for a worker to start sealing a cancelled job before it
@@ -195,13 +195,8 @@ class Harvester:
 
     def jobs(self, limit: int = 50) -> list[JobStatus]:
         """The most recent jobs first (those whose ledger has not expired)."""
-        found = []
-        for job_id in self.ledger.recent_jobs(limit):
-            try:
-                found.append(self.status(job_id))
-            except JobNotFound:
-                continue  # expired or forgotten between the two reads
-        return found
+        return [JobStatus.from_state(state)
+                for state in self.ledger.states(self.ledger.recent_jobs(limit))]
 
     def wait(self, job_id: str, *, progress: Callable[[JobStatus], None] | None = None,
              timeout: float | None = None, poll_seconds: float = 0.5) -> JobStatus:

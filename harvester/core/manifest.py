@@ -60,6 +60,13 @@ def part_name(index: int) -> str:
     return f"part-{index:05d}.jsonl.gz"
 
 
+def is_safe_part_name(name: str) -> bool:
+    """Whether a part name read from a manifest may be opened: a file of the output
+    itself, never a path out of it or one of its hidden files (a manifest is read
+    back from a directory or bucket that others may have written to)."""
+    return bool(name) and "/" not in name and "\\" not in name and not name.startswith(".")
+
+
 def plan_parts(commits: Iterable[Commit], segments: dict[int, str], *, first_index: int,
                part_bytes: int) -> list[PlannedPart]:
     """Group committed members, in page order, into parts of about ``part_bytes``.

@@ -157,6 +157,23 @@ class Ledger(SealRecords):
             pipe.hgetall(self.key(job_id, "job")), pipe.zcard(self.key(job_id, "lease"))))
         if not fields:
             raise JobNotFound(job_id)
+        return self._job_state(job_id, fields, in_flight)
+
+    def states(self, job_ids: list[str]) -> list[JobState]:
+        """The states of ``job_ids`` in one round trip; a job that is gone (expired,
+        forgotten) is left out."""
+        def build(pipe: Any) -> None:
+            for job_id in job_ids:
+                pipe.hgetall(self.key(job_id, "job"))
+                pipe.zcard(self.key(job_id, "lease"))
+
+        replies = self._pipeline(build, transaction=False) if job_ids else []
+        return [self._job_state(job_id, fields, in_flight)
+                for job_id, fields, in_flight in zip(job_ids, replies[::2], replies[1::2])
+                if fields]
+
+    @staticmethod
+    def _job_state(job_id: str, fields: dict[str, str], in_flight: int) -> JobState:
         finished = fields.get("finished_at")
         return JobState(
             job_id=job_id, state=fields["state"], total=int(fields["total"]),

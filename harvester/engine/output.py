@@ -16,7 +16,7 @@ from typing import Any
 import ijson
 from isal import isal_zlib
 
-from ..core.manifest import FAILED
+from ..core.manifest import FAILED, is_safe_part_name
 from ..core.scan import split_path
 from ..edges.store import Store, open_store
 from ..errors import OutputDirError, OutputError, StorageError
@@ -67,7 +67,7 @@ class SealedOutput:
         """Every part's bytes in order: one gzip stream of JSON Lines."""
         for shard in self.manifest["shards"]:
             name = shard["name"]
-            blocks = None if "/" in name or name.startswith(".") else self.store.stream(name)
+            blocks = self.store.stream(name) if is_safe_part_name(name) else None
             if blocks is None:
                 raise StorageError(f"{name} is listed in the manifest but missing",
                                    path=self.store.location, retryable=False)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.body import BodyInspector
-from ..core.manifest import FAILED, SUCCESS, expand_ranges
+from ..core.manifest import FAILED, SUCCESS, expand_ranges, is_safe_part_name
 from ..edges.store import Store, open_store
 from ..errors import InvalidJSON, OutputDirError, StorageError, VerifyError
 from .finalizer import read_manifest
@@ -85,7 +85,7 @@ def verify(directory: str | Path) -> Report:
 def _check_shard(out_dir: Store, shard: dict, pages_mode: bool, seen: set[int],
                  report: Report) -> None:
     name = shard["name"]
-    blocks = None if "/" in name or name.startswith(".") else out_dir.stream(name)
+    blocks = out_dir.stream(name) if is_safe_part_name(name) else None
     if blocks is None:
         report.problems.append(f"{name}: missing")
         return

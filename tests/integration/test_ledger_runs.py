@@ -219,3 +219,19 @@ def test_a_sealed_jobs_commits_fold_to_a_bit_a_page_and_still_count_as_committed
     ledger.finish(JOB, generation=2, sealed=[2], state="failed")
     assert ledger.committed_pages(JOB) == set(range(1, total + 1)) - {1500}
     assert list(ledger.commits(JOB)) == []
+
+
+def test_the_states_of_many_jobs_are_read_in_one_round_trip(ledger):
+    """``states`` reads every listed job's state in one pipeline, each equal to what
+    ``state`` reads for it alone, in the order asked; a job that is gone (expired or
+    forgotten since it was listed) is left out instead of failing the list."""
+    _create(ledger, total=100, window=16)
+    ledger.start_pages(JOB, [1, 2], "w1")
+    ledger.commit_run(JOB, [_commit(1), _commit(2)])
+    before = _commands(ledger)
+    states = ledger.states([JOB, "gone", JOB])
+    # HGETALL and ZCARD per job, nothing more (the INFO that took `before` counts too)
+    assert _commands(ledger) - before == 6 + 1
+    assert states == [ledger.state(JOB), ledger.state(JOB)]
+    assert states[0].committed == 2 and states[0].in_flight == 16  # the window refilled
+    assert ledger.states([]) == []

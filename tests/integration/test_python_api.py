@@ -64,7 +64,9 @@ def test_submit_wait_and_read_records_and_pages(api, job_file, harvester, tmp_pa
     assert [r["id"] for r in harvester.records(second)] == list(range(1, 41))
     with pytest.raises(OutputError, match="records mode"):
         harvester.pages(second)  # refused at once, not at the first page
-    assert {s.job_id for s in harvester.jobs()} >= {job_id, second}
+    listed = {s.job_id: s for s in harvester.jobs()}  # one round trip for all of them
+    assert listed[job_id] == harvester.status(job_id)
+    assert listed[second] == harvester.status(second)
 
 
 def test_failures_retry_and_the_errors_a_caller_catches(api, job_file, harvester, tmp_path):

@@ -12,6 +12,7 @@ from harvester.core.manifest import (
     FORMAT,
     PlannedPart,
     expand_ranges,
+    is_safe_part_name,
     merge_manifest,
     page_ranges,
     part_name,
@@ -38,6 +39,15 @@ def test_part_names():
     """Parts are named part-NNNNN.jsonl.gz with five digits."""
     assert part_name(0) == "part-00000.jsonl.gz"
     assert part_name(123) == "part-00123.jsonl.gz"
+
+
+@pytest.mark.parametrize("name", ["../x.jsonl.gz", "/etc/passwd", "sub/part.jsonl.gz",
+                                  "..\\x.jsonl.gz", ".segments", ".part-00000.tmp", ""])
+def test_a_manifest_names_no_path_out_of_its_output(name):
+    """A part name read back from a manifest is opened only if it names a plain file of
+    the output: no separator, no hidden or temporary file, not empty."""
+    assert not is_safe_part_name(name)
+    assert is_safe_part_name(part_name(7))
 
 
 def test_plan_parts_copies_members_in_page_order_and_refuses_any_other():
