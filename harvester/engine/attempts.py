@@ -17,6 +17,7 @@ import structlog
 
 from ..core import pagination
 from ..core.backoff import compute_backoff
+from ..core.following import Following
 from ..core.pagination import Link
 from ..core.secrets import scrub
 from ..core.spec import JobSpec
@@ -32,7 +33,7 @@ from ..errors import (
 )
 from ..settings import Settings
 from .chain import ChainAhead
-from .fetcher import Ahead, Fetched, Following, PageFetcher, now_iso, page_url
+from .fetcher import Ahead, Fetched, PageFetcher, now_iso, page_url
 from .limits import RequestLimiter
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("harvester.page")
 
 MAX_RETRY_AFTER = 900.0
-NOTHING_FOLLOWS = Following()
 
 
 class FailedForGood(Exception):

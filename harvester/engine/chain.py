@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..core.following import Following
 from ..core.spec import JobSpec
-from .fetcher import Ahead, Following, PageFetcher
+from .fetcher import Ahead, PageFetcher
 
 
 class ChainAhead:

@@ -4,7 +4,9 @@ the body into the thread's segment, and read what the page says follows.
 A :class:`PageFetcher` lives once per worker process and is shared by its
 threads; each thread keeps its own Session and segment per job (see
 :class:`_ThreadResources`), so threads never share a socket or a file. The
-page loop around it (retries, commit, failure) is :mod:`harvester.engine.runner`.
+page's attempts around it (retries, commit, failure) are
+:mod:`harvester.engine.attempts`'; what a response says follows is
+:mod:`harvester.core.following`'s.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from datetime import datetime, timezone
 import requests
 
 from ..core import pagination
+from ..core.following import Following, what_follows
 from ..core.layout import SEGMENTS_DIR, Commit
 from ..core.origin import Origin
-from ..core.pagebody import BodyResult, PageBody, is_json_lines
+from ..core.pagebody import PageBody, is_json_lines
 from ..core.pagination import Link
 from ..core.secrets import MissingSecret, SecretSet, resolve
 from ..core.spec import JobSpec
@@ -42,21 +45,9 @@ from ..edges.fetch import (
 from ..edges.ledger import Ledger
 from ..edges.store import Store, open_store
 from ..edges.store.base import Segment
-from ..errors import Abandoned, MissingSecretError, PageError, PaginationError
+from ..errors import Abandoned, MissingSecretError, PageError
 from ..settings import Settings
 from .limits import RequestLimiter
-
-
-@dataclass(frozen=True)
-class Following:
-    """What a committed page tells the ledger about the job."""
-
-    total: int | None = None  # the job's page count, when this page tells it
-    close: bool = False  # no page can follow this one
-    next_link: Link | None = None  # the successor of a chained page
-    end_reason: str | None = None  # why a chain ends here
-    capped: str | None = None  # max_pages ended the job while the API had more
-    abort: str | None = None  # the job cannot go on (the API caps its page size)
 
 
 @dataclass(frozen=True)
@@ -267,8 +258,9 @@ class PageFetcher:
                             raise Abandoned(job_id, page)
                         body.feed(chunk)
                     result = body.finish()
-                    following = _what_follows(spec, page, link, total, response, result,
-                                              secrets)
+                    following = what_follows(spec, page, link, total, url=response.url,
+                                             headers=response.headers, result=result,
+                                             secrets=secrets)
                 except PageError as exc:
                     exc.url, exc.status = url, response.status
                     exc.attempts = exc.attempts or response.attempts
@@ -380,55 +372,6 @@ class PageFetcher:
             relative, fsync=self.settings.fsync)
         resources.segment_id = segment_id
         return resources.segment
-
-
-def _what_follows(spec: JobSpec, page: int, link: Link | None, total: int | None,
-                  response: Response, result: BodyResult, secrets: SecretSet) -> Following:
-    """What page ``page`` says about the job: its total, its successor, or its end."""
-    if pagination.is_fan_out(spec):
-        capped = None
-        if page == 1 and pagination.learns_total(spec):
-            total, announced = _learnt_total(spec, response, result)
-            if pagination.announced_over_cap(spec, announced):
-                capped = (f"max_pages = {spec.pagination.max_pages} reached while the API"
-                          f" announced {announced:,} pages")
-        elif page == 1 and pagination.capped_from_the_start(spec):
-            capped = f"max_pages = {spec.pagination.max_pages} is below the job's own total"
-        short = pagination.short_page(spec, page, result.records, total)
-        # A total learnt from page 1 is final: no page beyond it can appear.
-        return Following(total=total if page == 1 and pagination.learns_total(spec) else None,
-                         close=page == 1 and pagination.learns_total(spec), capped=capped,
-                         abort=short)
-    following = pagination.next_after(spec, page, response.url, result.values,
-                                      response.headers.get("Link"), result.records, secrets)
-    abort = None
-    if link is not None and link.short is not None and (result.records or 0) > 0:
-        abort = pagination.cap_message(spec, page - 1, link.short)
-    if following.link is None:
-        return Following(close=True, end_reason=following.end_reason, abort=abort,
-                         capped=following.end_reason if following.capped else None)
-    return Following(total=page + 1, next_link=following.link, abort=abort)
-
-
-def _learnt_total(spec: JobSpec, response: Response, result: BodyResult) -> tuple[int, int]:
-    """Page 1's total, capped by max_pages, and the page count the API announced."""
-    uncapped = spec if spec.pagination.max_pages is None else _without_cap(spec)
-    header = pagination.total_header(spec)
-    if header is not None:
-        value = response.headers.get(header)
-        return (pagination.total_from_header(spec, value),
-                pagination.total_from_header(uncapped, value))
-    path = pagination.total_path(spec)
-    if path not in result.values:
-        raise PaginationError(f"page 1 has no value at {path!r}")
-    value = result.values[path]
-    return pagination.total_from_value(spec, value), pagination.total_from_value(uncapped, value)
-
-
-def _without_cap(spec: JobSpec) -> JobSpec:
-    from dataclasses import replace
-
-    return replace(spec, pagination=replace(spec.pagination, max_pages=None))
 
 
 def _close(resources: _JobResources) -> None:

@@ -18,13 +18,14 @@ from typing import Protocol
 import structlog
 
 from ..core import pagination
+from ..core.following import NOTHING_FOLLOWS
 from ..core.pagination import Link
 from ..core.runs import PageCost
 from ..core.spec import JobSpec
 from ..edges.ledger import Ledger
 from ..errors import Abandoned, JobNotFound, PageFailed, StorageError
 from ..settings import Settings
-from .attempts import NOTHING_FOLLOWS, FailedForGood, PageAttempts, Written
+from .attempts import FailedForGood, PageAttempts, Written
 from .chain import ChainAhead
 from .fetcher import PageFetcher
 from .limits import RequestLimiter

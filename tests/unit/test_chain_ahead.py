@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 
+from harvester.core.following import Following
 from harvester.core.pagination import Link
 from harvester.engine.chain import ChainAhead
-from harvester.engine.fetcher import Ahead, Following
+from harvester.engine.fetcher import Ahead
 
 
 class _Sent:
