@@ -58,11 +58,7 @@ from .sealing import FINALIZER_PAGE, SealRecords
 log = structlog.get_logger("harvester.ledger")
 
 FINAL_STATES = ("done", "failed", "cancelled")
-# Every per-job key but the c:<n> commit buckets (listed in 'buckets').
-JOB_KEYS = ("job", "lease", "todo", "tries", "links", "owner", "failed", "claims", "buckets",
-            "segs", "sealed", "seen", "bucket", "inflight")
 BUCKET = 128
-FOLD_BATCH = 256  # buckets folded per script call (~32,000 pages: a few ms of Redis)
 
 
 @dataclass(frozen=True)
@@ -402,20 +398,6 @@ class Ledger(SealRecords):
             pipe.srem("hv:active", job_id)
         return sum(self._pipeline(build)[:-2])
 
-    def _job_keys(self, job_id: str) -> list[str]:
-        buckets = self._call(self.redis.smembers, self.key(job_id, "buckets"))
-        return [self.key(job_id, name) for name in JOB_KEYS] + [
-            f"{self.prefix(job_id)}:c:{bucket}" for bucket in buckets]
-
-    def _expire(self, job_id: str) -> None:
-        if self.keep_seconds <= 0:
-            return
-        keys = self._job_keys(job_id)
-        def build(pipe: Any) -> None:
-            for key in keys:
-                pipe.expire(key, self.keep_seconds)
-        self._pipeline(build)
-
     def is_committed(self, job_id: str, page: int) -> bool:
         key = f"{self.prefix(job_id)}:c:{page // BUCKET}"
         record, folded = self._call(self.redis.hmget, key, [page, FOLDED])
@@ -432,26 +414,3 @@ class Ledger(SealRecords):
 
     def renew_finalizer(self, job_id: str) -> None:
         self.renew([(job_id, FINALIZER_PAGE)])
-
-    def finish(self, job_id: str, *, generation: int, sealed: list[int], state: str) -> None:
-        """Record a finished finalization: segments sealed, job final."""
-        def build(pipe: Any) -> None:
-            if sealed:
-                pipe.sadd(self.key(job_id, "sealed"), *sealed)
-            pipe.hset(self.key(job_id, "job"), mapping={"state": state, "sealed_gen": generation})
-            pipe.hdel(self.key(job_id, "job"), "finalize_error", "finalize_failures")
-            pipe.delete(self.key(job_id, "lease"), self.key(job_id, "claims"),
-                        self.key(job_id, "owner"))
-            pipe.srem("hv:active", job_id)
-
-        self._pipeline(build)
-        self._fold_commits(job_id)
-        self._expire(job_id)
-
-    def _fold_commits(self, job_id: str) -> None:
-        """Every commit is sealed: fold each bucket's records into its bitmap of committed
-        pages (lua/compact.lua), ~34 bytes a page down to ~1 for the days the job is kept."""
-        buckets = sorted(self._call(self.redis.smembers, self.key(job_id, "buckets")), key=int)
-        for first in range(0, len(buckets), FOLD_BATCH):
-            self.run_script("compact", [],
-                            [self.prefix(job_id), *buckets[first:first + FOLD_BATCH]])

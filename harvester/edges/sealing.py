@@ -1,5 +1,6 @@
 """What the finalizer reads from the ledger and records in it: the commits in page
-order, the segments, the failures, and the claim on page 0 (the finalizer's lease).
+order, the segments, the failures, the claim on page 0 (the finalizer's lease), and
+the job made final (its commit records folded, its keys set to expire).
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ from .connection import LedgerConnection, now_ms
 
 COMMIT_READ_BATCH = 64  # commit buckets read per round trip
 FINALIZER_PAGE = 0  # the lease of page 0 is the finalizer's
+FOLD_BATCH = 256  # buckets folded per script call (~32,000 pages: a few ms of Redis)
+# Every per-job key but the c:<n> commit buckets (listed in 'buckets').
+JOB_KEYS = ("job", "lease", "todo", "tries", "links", "owner", "failed", "claims", "buckets",
+            "segs", "sealed", "seen", "bucket", "inflight")
 
 
 class SealRecords(LedgerConnection):
@@ -74,3 +79,36 @@ class SealRecords(LedgerConnection):
         return int(self._pipeline(lambda pipe: (
             pipe.hset(self.key(job_id, "job"), "finalize_error", scrub(message)[:1000]),
             pipe.hincrby(self.key(job_id, "job"), "finalize_failures", 1)))[1])
+
+    def finish(self, job_id: str, *, generation: int, sealed: list[int], state: str) -> None:
+        """Record a finished finalization: segments sealed, job final and set to expire,
+        in one transaction; then fold its commit records. A finalizer that dies while
+        folding leaves a final job whose keys still expire, some buckets unfolded."""
+        expiring = self._job_keys(job_id) if self.keep_seconds > 0 else []
+
+        def build(pipe: Any) -> None:
+            if sealed:
+                pipe.sadd(self.key(job_id, "sealed"), *sealed)
+            pipe.hset(self.key(job_id, "job"), mapping={"state": state, "sealed_gen": generation})
+            pipe.hdel(self.key(job_id, "job"), "finalize_error", "finalize_failures")
+            pipe.delete(self.key(job_id, "lease"), self.key(job_id, "claims"),
+                        self.key(job_id, "owner"))
+            pipe.srem("hv:active", job_id)
+            for key in expiring:
+                pipe.expire(key, self.keep_seconds)
+
+        self._pipeline(build)
+        self._fold_commits(job_id)
+
+    def _fold_commits(self, job_id: str) -> None:
+        """Every commit is sealed: fold each bucket's records into its bitmap of committed
+        pages (lua/compact.lua), ~34 bytes a page down to ~1 for the days the job is kept."""
+        buckets = sorted(self._call(self.redis.smembers, self.key(job_id, "buckets")), key=int)
+        for first in range(0, len(buckets), FOLD_BATCH):
+            self.run_script("compact", [],
+                            [self.prefix(job_id), *buckets[first:first + FOLD_BATCH]])
+
+    def _job_keys(self, job_id: str) -> list[str]:
+        buckets = self._call(self.redis.smembers, self.key(job_id, "buckets"))
+        return [self.key(job_id, name) for name in JOB_KEYS] + [
+            f"{self.prefix(job_id)}:c:{bucket}" for bucket in buckets]

@@ -235,3 +235,33 @@ def test_the_states_of_many_jobs_are_read_in_one_round_trip(ledger):
     assert states == [ledger.state(JOB), ledger.state(JOB)]
     assert states[0].committed == 2 and states[0].in_flight == 16  # the window refilled
     assert ledger.states([]) == []
+
+
+def test_a_finalizer_killed_while_folding_leaves_a_final_job_that_still_expires(
+        ledger, monkeypatch):
+    """The job goes final and every one of its keys is set to expire in one transaction,
+    before its commit records are folded: a finalizer that dies while folding leaves
+    nothing kept for ever. A fold that does run keeps each bucket's time to live."""
+    _create(ledger, total=300, window=300)
+    ledger.start_pages(JOB, list(range(1, 301)), "w1")
+    ledger.commit_run(JOB, [_commit(p) for p in range(1, 301)])
+    redis = ledger.redis
+    buckets = [ledger.key(JOB, f"c:{b}") for b in redis.smembers(ledger.key(JOB, "buckets"))]
+
+    def killed(job_id: str) -> None:
+        raise SystemExit("killed while folding")
+
+    monkeypatch.setattr(ledger, "_fold_commits", killed)
+    with pytest.raises(SystemExit):
+        ledger.finish(JOB, generation=1, sealed=[1], state="done")
+    assert ledger.state(JOB).state == "done"
+    keys = [key for key in redis.scan_iter(f"{ledger.prefix(JOB)}:*")]
+    assert len(keys) >= len(buckets) + 3 and all(redis.ttl(key) > 0 for key in keys), \
+        [key for key in keys if redis.ttl(key) <= 0]
+
+    monkeypatch.undo()
+    redis.expire(buckets[0], 1000)  # a time left that the fold must not reset
+    ledger._fold_commits(JOB)
+    assert all(redis.hkeys(key) == ["done"] for key in buckets)
+    assert 990 < redis.ttl(buckets[0]) <= 1000
+    assert all(redis.ttl(key) > 1000 for key in buckets[1:])

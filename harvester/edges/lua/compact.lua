@@ -31,8 +31,12 @@ for n = 2, #ARGV do
     end
     local hex = {}
     for k = 1, 16 do hex[k] = string.format('%02x', bytes[k]) end
+    -- The job's keys were set to expire when it went final: the folded bucket keeps
+    -- what is left of its time.
+    local ttl = redis.call('PTTL', key)
     redis.call('DEL', key)
     redis.call('HSET', key, 'done', table.concat(hex))
+    if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
   end
 end
 return folded
