@@ -550,7 +550,9 @@ def _scale_trial(cluster: Cluster, api, pages: int, trial: int) -> dict:
                 committed.append((time.perf_counter(), int(count or 0)))
 
     def watch() -> None:
-        while not stop.wait(0.1):
+        stopped = False
+        while not stopped:  # a last sample after the CLI is done: it may have seen the
+            stopped = stop.wait(0.1)  # job final before this thread did
             samples["peak"] = max(samples["peak"], client.info("memory")["used_memory"])
             jobs = client.zrevrange("hv:jobs", 0, 0)
             state = client.hget(f"hv:{{{jobs[0]}}}:job", "state") if jobs else None
