@@ -551,11 +551,13 @@ def _scale_trial(cluster: Cluster, api, pages: int, trial: int) -> dict:
 
     def watch() -> None:
         stopped = False
-        while not stopped:  # a last sample after the CLI is done: it may have seen the
-            stopped = stop.wait(0.1)  # job final before this thread did
+        while not stopped:  # a last sample after the CLI is done
+            stopped = stop.wait(0.1)
             samples["peak"] = max(samples["peak"], client.info("memory")["used_memory"])
             jobs = client.zrevrange("hv:jobs", 0, 0)
-            state = client.hget(f"hv:{{{jobs[0]}}}:job", "state") if jobs else None
+            # Until this trial's job is submitted, the newest job is the last trial's.
+            mine = bool(jobs) and jobs[0].startswith(f"scale{trial}-")
+            state = client.hget(f"hv:{{{jobs[0]}}}:job", "state") if mine else None
             now = time.perf_counter()
             if state == "finalizing" and samples["finalizing_at"] is None:
                 samples["finalizing_at"] = now
