@@ -131,8 +131,8 @@ class PageAttempts:
                     continue
                 return (*self._fail(job_id, spec, page, link, exc, sent), 0)
             except (PageError, StorageError) as exc:
-                sent += getattr(exc, "attempts", 0) or 1
-                if getattr(exc, "retryable", True) and attempt <= http.retries:
+                sent += (exc.attempts if isinstance(exc, PageError) else 0) or 1
+                if exc.retryable and attempt <= http.retries:
                     self._wait_to_retry(job_id, page, spec, exc, attempt, give_back_at)
                     continue
                 return (*self._fail(job_id, spec, page, link, exc, sent), 0)
@@ -195,13 +195,15 @@ class PageAttempts:
         log.info("chain.ended", reason=f"status {status} (stop_on_status)")
         return outcome, []
 
-    def _wait_to_retry(self, job_id: str, page: int, spec: JobSpec, exc: Exception,
-                       attempt: int, give_back_at: float) -> None:
+    def _wait_to_retry(self, job_id: str, page: int, spec: JobSpec,
+                       exc: PageError | StorageError, attempt: int,
+                       give_back_at: float) -> None:
         delay = self._delay_before_retry(job_id, spec, exc, attempt)
         if time.monotonic() + delay + spec.http.page_deadline > give_back_at:
             raise Abandoned(job_id, page)  # requeued, its tries kept
         log.warning("page.retry", error=type(exc).__name__, message=str(exc),
-                    delay=round(delay, 3), status=getattr(exc, "status", None))
+                    delay=round(delay, 3),
+                    status=exc.status if isinstance(exc, PageError) else None)
         if self.stopping.wait(delay):
             raise Abandoned(job_id, page)
 
