@@ -541,23 +541,27 @@ def _scale_trial(cluster: Cluster, api, pages: int, trial: int) -> dict:
     committed: list[tuple[float, int]] = []  # (time, pages committed) every 20 ms
     shown: list[tuple[float, int]] = []
 
+    def this_trials_job(redis_client, field: str) -> str | None:
+        """A field of this trial's job; None until it is submitted (until then the newest
+        job is the last trial's)."""
+        jobs = redis_client.zrevrange("hv:jobs", 0, 0)
+        if not jobs or not jobs[0].startswith(f"scale{trial}-"):
+            return None
+        return redis_client.hget(f"hv:{{{jobs[0]}}}:job", field)
+
     def follow() -> None:
         follower = cluster.redis.client()
         while not stop.wait(0.02):
-            jobs = follower.zrevrange("hv:jobs", 0, 0)
-            if jobs and jobs[0].startswith(f"scale{trial}-"):
-                count = follower.hget(f"hv:{{{jobs[0]}}}:job", "committed")
-                committed.append((time.perf_counter(), int(count or 0)))
+            count = this_trials_job(follower, "committed")
+            if count is not None:
+                committed.append((time.perf_counter(), int(count)))
 
     def watch() -> None:
         stopped = False
         while not stopped:  # a last sample after the CLI is done
             stopped = stop.wait(0.1)
             samples["peak"] = max(samples["peak"], client.info("memory")["used_memory"])
-            jobs = client.zrevrange("hv:jobs", 0, 0)
-            # Until this trial's job is submitted, the newest job is the last trial's.
-            mine = bool(jobs) and jobs[0].startswith(f"scale{trial}-")
-            state = client.hget(f"hv:{{{jobs[0]}}}:job", "state") if mine else None
+            state = this_trials_job(client, "state")
             now = time.perf_counter()
             if state == "finalizing" and samples["finalizing_at"] is None:
                 samples["finalizing_at"] = now
@@ -579,9 +583,12 @@ def _scale_trial(cluster: Cluster, api, pages: int, trial: int) -> dict:
     follower.join()
     lags = sorted(progress_lag(shown, committed)) or [float("nan")]
     final = _settled_memory(client)
-    finalize = (samples["done_at"] or 0) - (samples["finalizing_at"] or 0)
+    # nan when the sampler never saw the job finalizing (a small job seals between samples)
+    finalize = (samples["done_at"] - samples["finalizing_at"]
+                if samples["done_at"] is not None and samples["finalizing_at"] is not None
+                else float("nan"))
     return {"rate": pages / result["seconds"], "peak": samples["peak"] - base,
-            "per_page": (final - base) / pages, "finalize": max(0.0, finalize),
+            "per_page": (final - base) / pages, "finalize": finalize,
             "final_rss": samples["final_rss"], "lag_median": lags[len(lags) // 2],
             "lag_max": lags[-1]}
 

@@ -248,7 +248,7 @@ def test_a_finalizer_killed_while_folding_leaves_a_final_job_that_still_expires(
     redis = ledger.redis
     buckets = [ledger.key(JOB, f"c:{b}") for b in redis.smembers(ledger.key(JOB, "buckets"))]
 
-    def killed(job_id: str) -> None:
+    def killed(job_id: str, buckets: set[str] | None = None) -> None:
         raise SystemExit("killed while folding")
 
     monkeypatch.setattr(ledger, "_fold_commits", killed)
