@@ -6,10 +6,10 @@ the retry button runs them again. Screenshots are kept in test-artifacts/."""
 from __future__ import annotations
 
 import shutil
+import time
 from urllib.parse import quote
 
 import pytest
-
 from support.services import REPO_ROOT, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -57,6 +57,19 @@ def test_dashboard_shows_progress_and_failures_and_retries_them(browser, service
     def text(test_id: str) -> str:
         return browser.find_element(By.CSS_SELECTOR, f'[data-testid="{test_id}"]').text
 
+    def failure_rows() -> list[tuple[str | None, str]]:
+        """(page, text) of each listed failure, in one reading: the table is drawn again
+        on each stream event, which leaves rows found before it stale."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        for _ in range(50):
+            try:
+                return [(row.get_attribute("data-page"), row.text) for row in
+                        browser.find_elements(By.CSS_SELECTOR, '[data-testid="failures"] tr')]
+            except StaleElementReferenceException:
+                time.sleep(0.1)
+        raise AssertionError("the failures table never held still for 5 s")
+
     def committed() -> int:
         shown = text("pages").split("/")[0].replace(",", "").strip()
         return int(shown) if shown.isdigit() else -1
@@ -77,9 +90,9 @@ def test_dashboard_shows_progress_and_failures_and_retries_them(browser, service
     wait_for(lambda: len(browser.find_elements(By.CSS_SELECTOR,
                                                '[data-testid="failures"] tr')) == 2,
              timeout=20, what="the two failed pages listed")
-    rows = browser.find_elements(By.CSS_SELECTOR, '[data-testid="failures"] tr')
-    assert [row.get_attribute("data-page") for row in rows] == ["4", "9"]
-    assert all("500" in row.text for row in rows)
+    rows = failure_rows()
+    assert [page for page, _ in rows] == ["4", "9"]
+    assert all("500" in row_text for _, row_text in rows)
     assert text("failed") == "2"
     browser.save_screenshot(str(ARTIFACTS / "dashboard-failed.png"))
 
