@@ -156,3 +156,31 @@ def test_raw_json_line_is_one_json_object(capfd):
     entry = json.loads(line)
     assert (entry["event"], entry["level"], entry["logger"]) == (
         scrub("worker: Warm shutdown (MainProcess)"), "warning", "celery.apps.worker")
+
+
+def test_console_format_renders_each_harvester_event_once_scrubbed(capsys, restore_logging):
+    """The default console format: a harvester event is rendered in structlog's chain
+    and leaves as that one line, with any resolved secret replaced by ***; alike
+    warnings of different pages all pass (the third-party repeat filter does not see
+    them as repeats), and an exception's traceback follows its line."""
+    from harvester.core.secrets import register
+
+    register(["s3cr3t-console-token"])
+    logs.configure("console", level="INFO")
+    log = structlog.get_logger("harvester.test")
+    for page in (1, 2, 3):
+        log.warning("page.retry", page=page, message="HTTP 500 for ?key=s3cr3t-console-token")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        log.exception("page.crashed", page=4)
+    log.debug("page.hidden", page=5)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    retries = [line for line in lines if "page.retry" in line]
+    assert len(retries) == 3 and all("[warning  ]" in line for line in retries)
+    assert [f"page={page}" in line for page, line in zip((1, 2, 3), retries)] == [True] * 3
+    assert "s3cr3t-console-token" not in err and "key=***" in retries[0]
+    crashed = lines.index(next(line for line in lines if "page.crashed" in line))
+    assert "Traceback (most recent call last):" in lines[crashed + 1]
+    assert scrub("ValueError: boom") in err and "page.hidden" not in err
