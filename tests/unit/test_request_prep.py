@@ -67,3 +67,19 @@ def test_other_headers_methods_or_a_body_get_their_own_preparation():
     for index in range(20):
         _prepare(session, "GET", f"{URL}/{index}", {"page": "1"}, None, {}, NO_SECRETS)
     assert len(session.templates) == session.TEMPLATES
+
+
+def test_a_query_of_any_value_requests_accepts_is_encoded_as_requests_encodes_it():
+    """Strings with reserved and non-ASCII characters, numbers, lists (repeated
+    names), None (left out), bytes and an empty mapping: each page's URL is the one
+    requests would prepare from the same mapping."""
+    session = build_session(HttpSpec(), PLAIN_URL)
+    queries = [
+        {"q": "a b&c=d/é?#", "page": 3, "ratio": 0.5, "flag": True},
+        {"ids": ["1", "2", "x y"], "skip": None, "raw": b"\xff\x00", "n": [1, None, 2]},
+        {},
+        {"cursor": "eyJpZCI6IDEyfQ==", "": "empty name"},
+    ]
+    for params in queries:
+        ours = _prepare(session, "GET", PLAIN_URL + "?fixed=1", params, None, {}, NO_SECRETS)
+        _same(ours, _reference(session, "GET", PLAIN_URL + "?fixed=1", params, None, {}))
