@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import InvalidJSON, RecordsNotFound
 from .body import BodyInspector
-from .scan import ONE_LINE, WHITESPACE, JsonScanner
+from .scan import WHITESPACE, JsonScanner, one_line
 
 _BOM = b"\xef\xbb\xbf"
 JSON_LINES_TYPES = frozenset({"application/x-ndjson", "application/jsonl",
@@ -137,7 +137,7 @@ class PageBody:
         if self._scanner is not None:
             self._scanner.feed(chunk)
         if not self.records_mode:
-            self.write(chunk.translate(ONE_LINE))
+            self.write(one_line(chunk))
 
     def _check_start(self, chunk: bytes) -> None:
         """An HTML error page or a binary body is named as such, by its Content-Type."""
@@ -173,7 +173,7 @@ class PageBody:
 
     def _record_piece(self, piece: bytes, done: bool) -> None:
         if piece:
-            self.write(piece.translate(ONE_LINE))
+            self.write(one_line(piece))
         if done:
             self.write(b"\n")
 
@@ -186,7 +186,7 @@ class PageBody:
             if not self.records_mode and self._records_seen:
                 self.write(b",")
         self._line_check.feed(piece)
-        self.write(piece.translate(ONE_LINE))
+        self.write(one_line(piece))
 
     def _jsonl_end(self) -> None:
         self._line_check.finish()
