@@ -3,9 +3,10 @@
 structlog renders both with one renderer: our events carry job id, page and
 attempt bound through ``structlog.contextvars`` and are rendered in structlog's
 own chain, then leave through the stdlib handler as finished lines; stdlib
-records (Celery, kombu) are rendered by ``ProcessorFormatter`` in the handler. ``HARVEST_LOG_FORMAT=json`` gives one
-JSON object per line: Python warnings are captured into the pipeline, and a
-traceback is a field of its line, never lines of its own.
+records (Celery, kombu) are rendered by ``ProcessorFormatter`` in the handler.
+``HARVEST_LOG_FORMAT=json`` gives one JSON object per line: Python warnings are
+captured into the pipeline, and a traceback is a field of its line, never lines
+of its own.
 
 Every line, of every library, leaves through :class:`RedactingFormatter`, which
 replaces any secret this process has resolved (in any of its spellings) with
@@ -51,7 +52,7 @@ def _hand_to_stdlib(_logger: Any, _method: str, line: str) -> tuple[tuple, dict]
 
     Rendered here, an event skips what :class:`~structlog.stdlib.ProcessorFormatter`
     does for a record carrying its event dict (a copy of the record, a second
-    processor chain): ~30 us of a page's ~80 us log line, one line per page."""
+    processor chain): 83 -> 65 us a line in the console format, one line a page."""
     return (Rendered(line),), {}
 
 
