@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +28,6 @@ from urllib.request import getproxies
 
 import requests
 from requests.adapters import HTTPAdapter
-from requests.structures import CaseInsensitiveDict
 from requests.utils import should_bypass_proxies
 from urllib3.exceptions import (
     ConnectTimeoutError,
@@ -60,6 +58,7 @@ from ..errors import (
     TruncatedBody,
     UnsafeURL,
 )
+from .prepare import RequestTemplates, prepare_whole
 
 CHUNK_BYTES = 1 << 20
 USER_AGENT = "harvester/0.1 (+https://github.com/harvester)"
@@ -81,15 +80,11 @@ class _Session(requests.Session):
     """A Session that never looks at a redirect itself: :func:`open_page` follows them,
     each hop checked. (requests parses a hostile Location even with
     ``allow_redirects=False``, to offer ``response.next``, and raises on some.)
-
-    ``templates`` keeps the few bodiless requests this session sends again and again
-    with another query (a fan-out job's pages), prepared but for the query."""
-
-    TEMPLATES = 8
+    ``templates``: its requests, prepared but for the query."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.templates: OrderedDict[tuple, requests.PreparedRequest] = OrderedDict()
+        self.templates = RequestTemplates()
 
     def resolve_redirects(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
         return iter(())
@@ -262,67 +257,14 @@ def open_page(session: requests.Session, request: ResolvedRequest, *, headers: d
 
 def _prepare(session: requests.Session, method: str, target: str, params: Any, body: Any,
              headers: dict[str, str], secrets: SecretSet) -> requests.PreparedRequest:
-    """What ``session.prepare_request`` makes of the request, in its steps, minus the
-    merges a harvest never needs: no session auth or hooks are set, and the cookie jar
-    is read only once the API has set a cookie (~0.1 ms of CPU a page, a fifth of
-    what requests costs on 10 KB pages).
-
-    A bodiless request starts from the session's template for its method, URL and
-    headers, prepared once (its steps but the query's do not depend on the page):
-    each page then costs requests' URL step alone, ~35 us less."""
+    """What ``session.prepare_request`` makes of the request (see
+    :mod:`harvester.edges.prepare`: ~0.1 ms of CPU less a page)."""
     try:
-        if body is not None or not isinstance(session, _Session):
-            return _prepare_whole(session, method, target, params, body, headers)
-        key = (method, target, tuple(headers.items()))
-        template = session.templates.get(key)
-        if template is None:
-            template = _prepare_whole(session, method, target, None, None, headers,
-                                      cookies=False)
-            session.templates[key] = template
-            if len(session.templates) > session.TEMPLATES:
-                session.templates.popitem(last=False)
-        prepared = template.copy()
-        prepared.prepare_url(target, _encoded_query(params))
-        if session.cookies:
-            prepared.prepare_cookies(session.cookies)
-        return prepared
+        if isinstance(session, _Session):
+            return session.templates.prepare(session, method, target, params, body, headers)
+        return prepare_whole(session, method, target, params, body, headers)
     except (requests.RequestException, ValueError) as exc:
         raise UnsafeURL(f"cannot prepare the request: {_describe(exc, secrets)}") from None
-
-
-def _encoded_query(params: Any) -> Any:
-    """A query mapping encoded as requests' ``_encode_params`` encodes it, minus its
-    ``isinstance`` check against a runtime Protocol first (~25 us a request on Python
-    3.11); anything but a dict is left to requests."""
-    if not isinstance(params, dict):
-        return params
-    pairs = []
-    for key, values in params.items():
-        if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-            values = [values]
-        for value in values:
-            if value is not None:
-                pairs.append((key.encode() if isinstance(key, str) else key,
-                              value.encode() if isinstance(value, str) else value))
-    return urlencode(pairs, doseq=True)
-
-
-def _prepare_whole(session: requests.Session, method: str, target: str, params: Any,
-                   body: Any, headers: dict[str, str], *,
-                   cookies: bool = True) -> requests.PreparedRequest:
-    """requests' steps, in requests' order (the cookies left out of a template: the
-    API may set one later)."""
-    prepared = requests.PreparedRequest()
-    prepared.prepare_method(method)
-    prepared.prepare_url(target, params)
-    merged = CaseInsensitiveDict(session.headers)
-    merged.update(headers)
-    prepared.prepare_headers(merged)
-    if cookies and session.cookies:
-        prepared.prepare_cookies(session.cookies)
-    prepared.prepare_body(None, None, body)
-    prepared.prepare_auth(None, target)  # user:password in the job's own url
-    return prepared
 
 
 def _printable(text: str) -> str:

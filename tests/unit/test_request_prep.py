@@ -1,6 +1,7 @@
-"""A page's request as the HTTP edge prepares it (harvester.edges.fetch._prepare) is
-byte for byte the request requests' own ``Session.prepare_request`` makes, whether it
-came from the session's per-URL template or was prepared whole. No sockets."""
+"""A page's request as the HTTP edge prepares it (harvester.edges.fetch._prepare, with
+harvester.edges.prepare's templates) is byte for byte the request requests' own
+``Session.prepare_request`` makes, whether it came from the session's per-URL template
+or was prepared whole. No sockets."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ def test_other_headers_methods_or_a_body_get_their_own_preparation():
     assert len(session.templates) == 3
     for index in range(20):
         _prepare(session, "GET", f"{URL}/{index}", {"page": "1"}, None, {}, NO_SECRETS)
-    assert len(session.templates) == session.TEMPLATES
+    assert len(session.templates) == session.templates.MOST
 
 
 def test_a_query_of_any_value_requests_accepts_is_encoded_as_requests_encodes_it():
