@@ -3,47 +3,58 @@ celery's command line (workers/celery_worker.py)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 from support.services import REPO_ROOT
 
-NEVER_IN_A_WORKER = ("prompt_toolkit", "click_repl", "flower", "tornado", "rich", "pygments")
+NEVER_IN_A_WORKER = ("prompt_toolkit", "click_repl", "flower", "tornado", "rich", "pygments",
+                     "yaml", "django", "opentelemetry")
+
+# Runs a command's main() with ``--help`` in a fresh interpreter, then prints the
+# top-level packages really imported (a refused one is None in sys.modules).
+_PROBE = """
+import json, sys
+sys.argv = [sys.argv[0], *json.loads(sys.argv[1])]
+try:
+    {call}
+except SystemExit:
+    pass
+print(json.dumps(sorted({{name.split(".")[0] for name, module in sys.modules.items()
+                         if module is not None}})))
+"""
 
 
-def _imported(importtime_log: str) -> set[str]:
-    """Top-level packages imported, from ``-X importtime`` lines. rich and pygments are
-    refused (None in sys.modules): each has a line for the attempt and no submodule."""
-    names = [line.split("|")[-1].strip() for line in importtime_log.splitlines()
-             if line.startswith("import time:")]
-    packages = {name.split(".")[0] for name in names}
-    return {package for package in packages if package not in ("rich", "pygments")
-            or any(name.startswith(package + ".") for name in names)}
+def _imported(call: str, argv: list[str]) -> tuple[set[str], str]:
+    done = subprocess.run([sys.executable, "-c", _PROBE.format(call=call), json.dumps(argv)],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    *help_text, modules = done.stdout.strip().splitlines()
+    return set(json.loads(modules)), "\n".join(help_text)
 
 
 def test_a_worker_starts_without_the_cli_parts_it_never_uses():
     """`harvest worker`'s command parses celery's worker options (its help lists them) and
     imports none of prompt_toolkit (celery's REPL), Flower's web app (a celery.commands
     plugin here, as in an image shared with Flower), rich or pygments: ~12 MB of RSS that
-    every worker process used to carry."""
+    every worker process used to carry; nor PyYAML, Django or opentelemetry, which kombu
+    and redis-py import whenever they are installed (here: dev extras)."""
     from harvester.terminal.commands import worker_argv
 
     argv = worker_argv(["--help"])
     assert argv[1:3] == ["-m", "workers.celery_worker"]
-    done = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], capture_output=True,
-                          text=True, cwd=REPO_ROOT, timeout=60)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "--concurrency" in done.stdout and "--pool" in done.stdout
-    imported = _imported(done.stderr)
+    imported, help_text = _imported("import workers.celery_worker as w; w.main()", argv[3:])
+    assert "--concurrency" in help_text and "--pool" in help_text
     assert "celery" in imported and "kombu" in imported
     assert not imported & set(NEVER_IN_A_WORKER), sorted(imported & set(NEVER_IN_A_WORKER))
 
 
 def test_the_umbrella_celery_command_still_imports_them_here():
-    """The check above can fail: in this environment (Flower installed as a dev extra)
-    `python -m celery ... worker --help` imports Flower and prompt_toolkit."""
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "celery", "-A",
-                           "workers.app:app", "worker", "--help"], capture_output=True,
-                          text=True, cwd=REPO_ROOT, timeout=60)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert {"prompt_toolkit", "flower", "rich", "pygments"} <= _imported(done.stderr)
+    """The check above can fail: in this environment (Flower, PyYAML and Django installed
+    as dev extras) `python -m celery ... worker --help` imports all of them, and
+    prompt_toolkit."""
+    imported, help_text = _imported("from celery.__main__ import main; main()",
+                                    ["-A", "workers.app:app", "worker", "--help"])
+    assert "--concurrency" in help_text
+    assert {"prompt_toolkit", "flower", "rich", "pygments", "yaml", "django"} <= imported
