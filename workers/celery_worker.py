@@ -23,6 +23,10 @@ imports none of them (each measured on an idle worker, 8 threads):
 - psutil (~0.8 MB): celery's memory-sampling remote commands (``celery inspect
   memdump`` then says psutil is not installed).
 - opentelemetry (~0.3 MB): redis-py's metrics export, which nothing here sets up.
+- charset_normalizer (and chardet) (~3 MB): requests guesses the text encoding of a
+  body with it for ``Response.text`` when the server names none; a worker streams
+  bodies as bytes and never asks (without it, requests falls back to UTF-8 and
+  warns once at import: that warning is silenced here).
 
 ``celery -A workers.app:app ...`` works as before, with all of them.
 """
@@ -30,14 +34,18 @@ imports none of them (each measured on an idle worker, 8 threads):
 from __future__ import annotations
 
 import sys
+import warnings
 
 # Each imported inside try/except ImportError by the library that wants it.
-_UNUSED_OPTIONAL = ("rich", "pygments", "yaml", "django", "psutil", "opentelemetry")
+_UNUSED_OPTIONAL = ("rich", "pygments", "yaml", "django", "psutil", "opentelemetry",
+                    "charset_normalizer", "chardet")
 
 
 def main(argv: list[str] | None = None) -> None:
     for optional in _UNUSED_OPTIONAL:
         sys.modules.setdefault(optional, None)  # type: ignore[arg-type]
+    warnings.filterwarnings("ignore", message="Unable to find acceptable character detection",
+                            module="requests")
     from celery import maybe_patch_concurrency
 
     maybe_patch_concurrency()  # what `celery` does first, for -P eventlet/gevent
