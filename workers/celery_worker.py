@@ -3,9 +3,9 @@ command for this app, started without the rest of celery's command line.
 
 Every ``harvest worker`` and ``--local`` worker starts here instead of ``python -m
 celery -A workers.app:app worker``: the same options, parsed by celery's own
-``worker`` command, the same worker, in less memory (a clean install: 62 -> ~50 MB
-RSS idle), because the umbrella ``celery`` command imports, at start-up, what no
-worker uses:
+``worker`` command, the same worker, in less memory (a clean install: 62 -> ~51 MB
+RSS idle, then 48 MB with the refusals below), because the umbrella ``celery``
+command imports, at start-up, what no worker uses:
 
 - every subcommand: ``amqp`` registers an interactive shell through click_repl,
   which imports prompt_toolkit (~120 modules, ~7 MB);
