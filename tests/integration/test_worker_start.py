@@ -10,10 +10,10 @@ import sys
 from support.services import REPO_ROOT
 
 NEVER_IN_A_WORKER = ("prompt_toolkit", "click_repl", "flower", "tornado", "rich", "pygments",
-                     "yaml", "django", "opentelemetry", "charset_normalizer")
+                     "yaml", "django", "opentelemetry", "charset_normalizer", "psutil")
 
-# Runs a command's main() with ``--help`` in a fresh interpreter, imports the tasks (as a
-# worker does once it starts), then prints the top-level packages really imported (a
+# Runs a command's main() with ``--help`` in a fresh interpreter, imports the tasks and
+# celery's worker application (as a worker does once it starts), then prints the top-level packages really imported (a
 # refused one is None in sys.modules).
 _PROBE = """
 import json, sys
@@ -22,7 +22,7 @@ try:
     {call}
 except SystemExit:
     pass
-import workers.tasks
+import workers.tasks, celery.apps.worker
 print(json.dumps(sorted({{name.split(".")[0] for name, module in sys.modules.items()
                          if module is not None}})))
 """
@@ -41,8 +41,8 @@ def test_a_worker_starts_without_the_cli_parts_it_never_uses():
     """`harvest worker`'s command parses celery's worker options (its help lists them) and
     imports none of prompt_toolkit (celery's REPL), Flower's web app (a celery.commands
     plugin here, as in an image shared with Flower), rich or pygments: ~12 MB of RSS that
-    every worker process used to carry; nor PyYAML, Django or opentelemetry, which kombu
-    and redis-py import whenever they are installed (here: dev extras), nor
+    every worker process used to carry; nor PyYAML, Django, psutil or opentelemetry, which
+    kombu, celery and redis-py import whenever they are installed (here: dev extras), nor
     charset_normalizer (requests' encoding guess for Response.text, ~3 MB), whose
     absence requests would warn about."""
     from harvester.terminal.commands import worker_argv
@@ -58,11 +58,11 @@ def test_a_worker_starts_without_the_cli_parts_it_never_uses():
 
 
 def test_the_umbrella_celery_command_still_imports_them_here():
-    """The check above can fail: in this environment (Flower, PyYAML and Django installed
-    as dev extras) `python -m celery ... worker --help` imports all of them, and
+    """The check above can fail: in this environment (Flower, PyYAML, Django and psutil
+    installed as dev extras) `python -m celery ... worker --help` imports all of them, and
     prompt_toolkit."""
     imported, help_text, _ = _imported("from celery.__main__ import main; main()",
                                     ["-A", "workers.app:app", "worker", "--help"])
     assert "--concurrency" in help_text
     assert {"prompt_toolkit", "flower", "rich", "pygments", "yaml", "django",
-            "charset_normalizer"} <= imported
+            "charset_normalizer", "psutil"} <= imported
